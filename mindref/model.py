@@ -1,0 +1,206 @@
+"""The MIND model: the layers composed (Figure 2), forward and backward.
+
+    behaviours --(embedding & pooling, 3.2)--> e_i [B, L, d]
+               --(B2I routing, 3.3)----------> u_j [B, K, d]
+    concat(u_j, profile embedding) --(ReLU layers, then a linear layer to d)--> V_u [B, K, d]
+    training: label-aware attention with the target e_t (3.4) -> v_u [B, d] -> sampled softmax (3.5)
+    serving:  V_u itself, with the routing logits from one fixed stored draw (no randomness)
+
+Decisions: the item function f_item is one shared set of tables (item id + category) for
+behaviours, targets and negatives; the last dense layer is linear (a ReLU there would zero about
+half of every user vector's coordinates); capsules beyond K'_u are zero in V_u.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from . import attention, dense, embedding, routing, sampled_softmax
+from .samplers import Sampler
+from .sparse import RowSparseGrad, scatter_rows
+
+
+@dataclass(frozen=True)
+class MINDConfig:
+    num_items: int  # V, padding id 0 included
+    num_categories: int  # C, padding id 0 included
+    profile_sizes: tuple = ()  # rows of each profile field's table (0 = unknown)
+    dim: int = 32  # d: item, capsule and user vector size
+    profile_dim: int = 8  # embedding size of each profile field
+    K: int = 4  # interests
+    hidden: tuple = (64,)  # ReLU layers between the capsules and the output layer
+    iterations: int = 3  # routing iterations r
+    sigma: float = 1.0  # std of the initial routing logits
+    softmax_axis: str = "interests"
+    grad_mode: str = "stop"
+    dynamic_k: bool = True
+    attention: str = "pow"
+    p: float = 2.0
+    max_len: int = 50  # L
+    seed: int = 0  # parameter init and the stored serving draw of the routing logits
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TABLES = ("item_emb", "cat_emb")
+
+
+def init_params(cfg: MINDConfig, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Parameters, seeded by cfg.seed. Rows 0 (padding) of every table are zero."""
+    rng = np.random.default_rng(cfg.seed)
+    d = cfg.dim
+
+    def table(rows: int, cols: int) -> np.ndarray:
+        t = rng.normal(0, 1 / np.sqrt(cols), (rows, cols))
+        t[0] = 0
+        return t.astype(dtype)
+
+    params = {"item_emb": table(cfg.num_items, d), "cat_emb": table(cfg.num_categories, d)}
+    for p, rows in enumerate(cfg.profile_sizes):
+        params[f"profile_emb_{p}"] = table(rows, cfg.profile_dim)
+    params["S"] = (rng.normal(0, 1 / np.sqrt(d), (d, d))).astype(dtype)
+    sizes = [d + cfg.profile_dim * len(cfg.profile_sizes), *cfg.hidden, d]
+    for n, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        params[f"dense_W_{n}"] = rng.normal(0, np.sqrt(2 / a), (a, b)).astype(dtype)
+        params[f"dense_b_{n}"] = np.zeros(b, dtype)
+    # the fixed draw of initial routing logits used at serving (DeepMatch #105: never redraw)
+    params["serving_logits"] = routing.init_logits(rng, (cfg.K, cfg.max_len), cfg.sigma, dtype)
+    return params
+
+
+def num_dense(cfg: MINDConfig) -> int:
+    return len(cfg.hidden) + 1
+
+
+class ItemCache(NamedTuple):
+    emb: embedding.ItemEmbeddingCache
+
+
+def item_forward(params: dict, item_cat: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, ItemCache]:
+    """e_i = f_item(F_i): mean of the item-id and category embeddings (3.2). ids [...] -> [..., d]."""
+    ids = np.asarray(ids)
+    e, c = embedding.item_embedding_forward(
+        [params["item_emb"], params["cat_emb"]], [ids[..., None], item_cat[ids][..., None]])
+    return e, ItemCache(c)
+
+
+def item_backward(de: np.ndarray, cache: ItemCache) -> dict[str, RowSparseGrad]:
+    return dict(zip(TABLES, embedding.item_embedding_backward(de, cache.emb)))
+
+
+class TowerCache(NamedTuple):
+    hist: ItemCache
+    route: routing.RoutingCache
+    profile: embedding.ProfileCache | None
+    dense: tuple
+    capsule_mask: np.ndarray
+
+
+def user_tower_forward(params: dict, cfg: MINDConfig, item_cat: np.ndarray, hist: np.ndarray,
+                       profile: np.ndarray, b0: np.ndarray) -> tuple[np.ndarray, TowerCache]:
+    """V_u [B, K, d] (zero beyond K'_u). hist [B, L] item ids (0 = padding); profile [B, P];
+    b0 [B, K, L] or [K, L] initial routing logits."""
+    e, hist_cache = item_forward(params, item_cat, hist)  # [B, L, d]
+    bmask = hist != 0  # [B, L]
+    cmask = routing.capsule_mask(bmask, cfg.K, cfg.dynamic_k)  # [B, K]  Eq. (9)
+    u, rcache = routing.routing_forward(e, params["S"], b0, bmask, cmask, cfg.iterations,
+                                        cfg.softmax_axis, cfg.grad_mode)  # [B, K, d]
+    x, pcache = u, None
+    if cfg.profile_sizes:
+        tables = [params[f"profile_emb_{p}"] for p in range(len(cfg.profile_sizes))]
+        prof, pcache = embedding.profile_embedding_forward(tables, profile)  # [B, P dp]
+        x = np.concatenate([u, np.broadcast_to(prof[:, None], (*u.shape[:2], prof.shape[1]))], -1)
+    dcaches = []
+    for n in range(num_dense(cfg)):
+        act = "relu" if n < num_dense(cfg) - 1 else "linear"
+        x, dc = dense.dense_forward(x, params[f"dense_W_{n}"], params[f"dense_b_{n}"], act)
+        dcaches.append(dc)
+    V = x * cmask[..., None]  # [B, K, d]
+    return V, TowerCache(hist_cache, rcache, pcache, tuple(dcaches), cmask)
+
+
+def user_tower_backward(dV: np.ndarray, cache: TowerCache) -> dict:
+    grads: dict = {}
+    dx = dV * cache.capsule_mask[..., None]
+    for n in reversed(range(len(cache.dense))):
+        dx, grads[f"dense_W_{n}"], grads[f"dense_b_{n}"] = dense.dense_backward(dx, cache.dense[n])
+    du = dx
+    if cache.profile is not None:
+        d = cache.route.e.shape[-1]
+        du, dprof = dx[..., :d], dx[..., d:].sum(1)  # the profile is shared by the K capsules
+        for p, g in enumerate(embedding.profile_embedding_backward(dprof, cache.profile)):
+            grads[f"profile_emb_{p}"] = g
+    de, grads["S"], _ = routing.routing_backward(du, cache.route)
+    grads.update(item_backward(de, cache.hist))
+    return grads
+
+
+class Batch(NamedTuple):
+    hist: np.ndarray  # [B, L] item ids, 0 = padding
+    profile: np.ndarray  # [B, P]
+    target: np.ndarray  # [B] the next item
+
+
+class LossCache(NamedTuple):
+    tower: TowerCache
+    att: attention.AttentionCache
+    target: ItemCache
+    neg: ItemCache
+    loss: sampled_softmax.SampledSoftmaxCache
+
+
+def loss_forward(params: dict, cfg: MINDConfig, item_cat: np.ndarray, batch: Batch, b0: np.ndarray,
+                 neg_ids: np.ndarray, log_q: tuple | None) -> tuple[float, LossCache]:
+    """The training loss for fixed random draws (routing logits b0, negatives neg_ids)."""
+    V, tcache = user_tower_forward(params, cfg, item_cat, batch.hist, batch.profile, b0)
+    e_t, t_cache = item_forward(params, item_cat, batch.target)  # [B, d]
+    v, acache = attention.attention_forward(V, e_t, tcache.capsule_mask, cfg.p, cfg.attention)
+    e_n, n_cache = item_forward(params, item_cat, neg_ids)  # [S, d]
+    lq_pos, lq_neg = log_q if log_q is not None else (None, None)
+    loss, lcache = sampled_softmax.sampled_softmax_forward(v, e_t, e_n, batch.target, neg_ids,
+                                                           lq_pos, lq_neg)
+    return loss, LossCache(tcache, acache, t_cache, n_cache, lcache)
+
+
+def loss_backward(cache: LossCache) -> dict:
+    """Gradients of every parameter: dense arrays, and RowSparseGrad for the tables."""
+    dv, de_t, de_n = sampled_softmax.sampled_softmax_backward(1.0, cache.loss)
+    dV, de_att = attention.attention_backward(dv, cache.att)
+    grads = user_tower_backward(dV, cache.tower)
+    for part in (item_backward(de_t + de_att, cache.target), item_backward(de_n, cache.neg)):
+        for name, g in part.items():
+            grads[name] = _add_sparse(grads[name], g)
+    return grads
+
+
+def _add_sparse(a: RowSparseGrad, b: RowSparseGrad) -> RowSparseGrad:
+    return scatter_rows(np.concatenate([a.rows, b.rows]), np.concatenate([a.values, b.values]))
+
+
+def train_draws(rng: np.random.Generator, cfg: MINDConfig, batch: Batch, sampler: Sampler,
+                num_neg: int, dtype) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """The random inputs of one training step: b0 [B, K, L], negatives [S], their log Q."""
+    b0 = routing.init_logits(rng, (batch.hist.shape[0], cfg.K, batch.hist.shape[1]), cfg.sigma, dtype)
+    neg = sampler.sample(rng, num_neg)
+    log_q = (sampler.log_expected_count(batch.target, num_neg).astype(dtype),
+             sampler.log_expected_count(neg, num_neg).astype(dtype))
+    return b0, neg, log_q
+
+
+def serving_logits(params: dict, L: int) -> np.ndarray:
+    """The stored initial routing logits for histories of length L <= max_len: [K, L]."""
+    stored = params["serving_logits"]
+    if L > stored.shape[1]:
+        raise ValueError(f"history length {L} exceeds the trained maximum {stored.shape[1]}")
+    return stored[:, :L]
+
+
+def user_vectors(params: dict, cfg: MINDConfig, item_cat: np.ndarray, hist: np.ndarray,
+                 profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Serving (3.5): V_u [B, K, d] and the interest mask [B, K]. Deterministic."""
+    V, cache = user_tower_forward(params, cfg, item_cat, hist, profile,
+                                  serving_logits(params, hist.shape[1]))
+    return V, cache.capsule_mask
