@@ -31,6 +31,7 @@ class Adam:
             p, m, v = params[name], self.m[name], self.v[name]
             rows = g.rows if isinstance(g, RowSparseGrad) else slice(None)
             g = g.values if isinstance(g, RowSparseGrad) else g
-            m[rows] = b1 * m[rows] + (1 - b1) * g
-            v[rows] = b2 * v[rows] + (1 - b2) * g * g
-            p[rows] -= (lr_t * m[rows] / (np.sqrt(v[rows]) + self.eps)).astype(p.dtype)
+            m_new = b1 * m[rows] + (1 - b1) * g  # each row gathered once
+            v_new = b2 * v[rows] + (1 - b2) * g * g
+            m[rows], v[rows] = m_new, v_new
+            p[rows] -= (lr_t * m_new / (np.sqrt(v_new) + self.eps)).astype(p.dtype)

@@ -9,7 +9,7 @@ import time
 from . import __version__
 from .data import leave_one_out, synthetic
 from .model import MINDConfig
-from .train import evaluate, fit
+from .train import evaluate_model, fit
 
 
 def _progress_bar(total_steps: int, desc: str):
@@ -33,13 +33,13 @@ def _progress_bar(total_steps: int, desc: str):
 
 def demo(args: argparse.Namespace) -> int:
     ds = synthetic(num_users=args.users, seed=args.seed)
-    train, test = leave_one_out(ds, args.max_len)
+    train, _, test = leave_one_out(ds, args.max_len)
     print(f"synthetic data: {len(ds.sequences)} users, {ds.num_items - 1} items, "
-          f"{ds.num_categories - 1} planted interest clusters; {len(train.target)} training "
-          f"examples, {len(test.target)} test users (leave-one-out, full ranking)")
+          f"{ds.field_sizes[0] - 1} planted interest clusters; {len(train.target)} training "
+          f"examples, {len(test.users)} test users (leave-one-out, full ranking)")
     rows = {}
     for K in (1, args.K):
-        cfg = MINDConfig(num_items=ds.num_items, num_categories=ds.num_categories,
+        cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes,
                          profile_sizes=ds.profile_sizes, dim=args.dim, K=K, max_len=args.max_len,
                          seed=args.seed)
         steps = args.epochs * -(-len(train.target) // args.batch_size)
@@ -49,7 +49,7 @@ def demo(args: argparse.Namespace) -> int:
                              num_neg=args.negatives, progress=update)
         close()
         seconds = time.perf_counter() - t0
-        m = evaluate(params, cfg, ds, test)
+        m = evaluate_model(params, cfg, ds, test)
         rows[f"MIND K={K}" + (" (YouTube DNN)" if K == 1 else "")] = m
         print(f"K={K}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {seconds:.0f}s "
               f"({args.epochs * len(train.target) / seconds:,.0f} samples/s)")

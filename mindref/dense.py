@@ -28,7 +28,7 @@ def dense_forward(
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if x.shape[-1] != W.shape[0] or b.shape != (W.shape[1],):
         raise ValueError(f"dense: x {x.shape}, W {W.shape}, b {b.shape} do not fit")
-    h = x @ W + b  # [..., n_out]
+    h = (x.reshape(-1, W.shape[0]) @ W + b).reshape(*x.shape[:-1], W.shape[1])  # [..., n_out], 2-D GEMM
     if activation == "linear":
         return h, DenseCache(x, W, None)
     active = h > 0  # [..., n_out]
@@ -41,5 +41,5 @@ def dense_backward(dy: np.ndarray, cache: DenseCache) -> tuple[np.ndarray, np.nd
     n_in, n_out = cache.W.shape
     dW = cache.x.reshape(-1, n_in).T @ dh.reshape(-1, n_out)  # [n_in, n_out]
     db = dh.reshape(-1, n_out).sum(0)  # [n_out]
-    dx = dh @ cache.W.T  # [..., n_in]
+    dx = (dh.reshape(-1, n_out) @ cache.W.T).reshape(cache.x.shape)  # [..., n_in]
     return dx, dW, db

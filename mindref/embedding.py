@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .checks import check_ids
-from .sparse import RowSparseGrad, scatter_rows
+from .sparse import RowSparseGrad, scatter_rows, scatter_weighted
 
 
 class ItemEmbeddingCache(NamedTuple):
@@ -60,18 +60,19 @@ def item_embedding_forward(
         if x.ndim < 1 or x.shape[:-1] != lead:
             raise ValueError(f"item field {f}: ids shape {x.shape} does not match {lead} + [F]")
     weights = pooling_weights(ids)
-    e = sum(np.einsum("...f,...fd->...d", w.astype(t.dtype), t[x])  # Sec. 3.2 pooling
-            for t, x, w in zip(tables, ids, weights))  # [..., d]
+    e = np.zeros(lead + (tables[0].shape[1],), dtype=tables[0].dtype)  # [..., d]
+    for t, x, w in zip(tables, ids, weights):
+        for f in range(x.shape[-1]):  # F_f is small (1 for the item id)
+            e += w[..., f, None].astype(t.dtype) * np.take(t, x[..., f], axis=0)  # Sec. 3.2 pooling
     return e, ItemEmbeddingCache(tuple(ids), tuple(weights))
 
 
 def item_embedding_backward(de: np.ndarray, cache: ItemEmbeddingCache) -> list[RowSparseGrad]:
     """Gradient of each field's table: every occurrence of id x receives weight * de."""
-    grads = []
-    for x, w in zip(cache.ids, cache.weights):
-        occ = w.astype(de.dtype)[..., None] * de[..., None, :]  # [..., F_f, d]
-        grads.append(scatter_rows(x, occ))
-    return grads
+    d = de.shape[-1]
+    flat_de = de.reshape(-1, d)  # [N, d]
+    return [scatter_weighted(x.reshape(flat_de.shape[0], -1), w.reshape(flat_de.shape[0], -1), flat_de)
+            for x, w in zip(cache.ids, cache.weights)]
 
 
 class ProfileCache(NamedTuple):

@@ -1,38 +1,77 @@
 """Full-ranking evaluation (MIND 4, Eq. (12)): never sampled metrics.
 
-Every item is scored by Eq. (3), f(V_u, e_i) = max over the user's valid interests of e_i . v_k,
-the user's history is excluded (a flag), and the target's rank is the number of items scoring
-strictly higher. HitRate@N (Eq. (12)) = share of test cases with rank < N; with one target per
-case Recall@N equals HitRate@N; NDCG@N = 1 / log2(rank + 2) when rank < N.
+Every item is scored by Eq. (3), f(V_u, e_i) = max over the user's valid interests of e_i . v_k;
+items of the user's history are excluded by default (a target already in the history then counts
+as a miss: unmasking it would tell the ranking where the answer is). The top N items (ties broken
+by the lower id) are compared with the case's targets T:
+
+    HitRate@N = share of cases with at least one target in the top N           Eq. (12)
+    Recall@N  = mean of |top N & T| / |T|
+    NDCG@N    = mean of DCG / ideal DCG, DCG = sum over hits at rank r (0-based) of 1/log2(r + 2)
+
+With one target per case (leave-one-out) Recall@N equals HitRate@N.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+CUTOFFS = (10, 20, 50, 100)
 
 
 def max_scores(V: np.ndarray, capsule_mask: np.ndarray, E: np.ndarray) -> np.ndarray:
     """Eq. (3): [B, K, d], [B, K], [N, d] -> [B, N] = max_k over valid k of V[b, k] . E[n]."""
-    s = np.einsum("bkd,nd->bkn", V, E)  # [B, K, N]
+    s = V @ E.T  # [B, K, N]
     return np.where(capsule_mask[:, :, None], s, -np.inf).max(axis=1)
 
 
-def target_ranks(scores: np.ndarray, target: np.ndarray, hist: np.ndarray,
-                 exclude_history: bool = True) -> np.ndarray:
-    """[B] rank of each target among items 1..N-1 (0 = best). scores [B, N] over all ids."""
+def top_n(scores: np.ndarray, hist: np.ndarray, n: int, exclude_history: bool = True) -> np.ndarray:
+    """[B, n] item ids by descending score (ties: lower id first), padding and (by default)
+    the history excluded. scores [B, V] over all ids."""
     scores = scores.copy()
     scores[:, 0] = -np.inf  # padding is no item
-    rows = np.arange(scores.shape[0])
     if exclude_history:
-        keep_target = scores[rows, target].copy()
-        scores[rows[:, None], hist] = -np.inf  # items already seen (padding included)
-        scores[rows, target] = keep_target  # a re-consumed target still counts
-    return (scores > scores[rows, target][:, None]).sum(axis=1)
+        scores[np.arange(scores.shape[0])[:, None], hist] = -np.inf
+    n = min(n, scores.shape[1] - 1)
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]  # [B, n] unordered
+    key = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
+    return np.take_along_axis(part, key, 1)
 
 
-def metrics(ranks: np.ndarray, cutoffs=(10, 20, 50, 100)) -> dict[str, float]:
+def hits(top: np.ndarray, targets: list, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """[B, n] bool whether each retrieved item is a target, and [B] target counts."""
+    is_target = np.zeros((top.shape[0], num_items), dtype=bool)
+    rows = np.repeat(np.arange(len(targets)), [len(t) for t in targets])
+    is_target[rows, np.concatenate(targets)] = True
+    counts = is_target.sum(1)
+    return np.take_along_axis(is_target, top, 1), counts
+
+
+def metrics(hit: np.ndarray, counts: np.ndarray, cutoffs=CUTOFFS) -> dict[str, float]:
+    """HitRate@N, Recall@N and NDCG@N from hit [B, n_max] (rank order) and target counts [B]."""
+    gains = 1 / np.log2(np.arange(hit.shape[1]) + 2)  # [n_max]
     out = {}
     for n in cutoffs:
-        hit = ranks < n
-        out[f"HR@{n}"] = float(hit.mean())  # Eq. (12)
-        out[f"NDCG@{n}"] = float(np.where(hit, 1 / np.log2(ranks + 2), 0).mean())
+        h = hit[:, :n]
+        ideal = np.cumsum(gains[:n])[np.minimum(counts, n) - 1]
+        out[f"HR@{n}"] = float(h.any(1).mean())  # Eq. (12)
+        out[f"Recall@{n}"] = float((h.sum(1) / counts).mean())
+        out[f"NDCG@{n}"] = float(((h * gains[:n]).sum(1) / ideal).mean())
     return out
+
+
+def evaluate(score: Callable[[np.ndarray, np.ndarray], np.ndarray], cases, num_items: int,
+             exclude_history: bool = True, batch_size: int = 512, cutoffs=CUTOFFS) -> dict[str, float]:
+    """Full-ranking metrics of a scorer over evaluation cases (data.EvalSet).
+
+    score(users [b], hist [b, L]) -> [b, V] scores of every item id (column 0 ignored).
+    """
+    all_hits, all_counts = [], []
+    for start in range(0, len(cases.users), batch_size):
+        sl = slice(start, start + batch_size)
+        scores = score(cases.users[sl], cases.hist[sl])  # [b, V]
+        top = top_n(scores, cases.hist[sl], max(cutoffs), exclude_history)
+        h, c = hits(top, cases.targets[sl], num_items)
+        all_hits.append(h), all_counts.append(c)
+    return metrics(np.concatenate(all_hits), np.concatenate(all_counts), cutoffs)

@@ -19,13 +19,13 @@ import numpy as np
 
 from . import attention, dense, embedding, routing, sampled_softmax
 from .samplers import Sampler
-from .sparse import RowSparseGrad, scatter_rows
+from .sparse import RowSparseGrad, segment_sum, unique_ids
 
 
 @dataclass(frozen=True)
 class MINDConfig:
     num_items: int  # V, padding id 0 included
-    num_categories: int  # C, padding id 0 included
+    field_sizes: tuple = ()  # rows of each item side field's table (category, genres, ...)
     profile_sizes: tuple = ()  # rows of each profile field's table (0 = unknown)
     dim: int = 32  # d: item, capsule and user vector size
     profile_dim: int = 8  # embedding size of each profile field
@@ -45,7 +45,9 @@ class MINDConfig:
         return asdict(self)
 
 
-TABLES = ("item_emb", "cat_emb")
+def item_tables(cfg: MINDConfig) -> list[str]:
+    """Parameter names of the item function's tables: the item id, then each side field."""
+    return ["item_emb"] + [f"field_emb_{f}" for f in range(len(cfg.field_sizes))]
 
 
 def init_params(cfg: MINDConfig, dtype=np.float32) -> dict[str, np.ndarray]:
@@ -58,7 +60,9 @@ def init_params(cfg: MINDConfig, dtype=np.float32) -> dict[str, np.ndarray]:
         t[0] = 0
         return t.astype(dtype)
 
-    params = {"item_emb": table(cfg.num_items, d), "cat_emb": table(cfg.num_categories, d)}
+    params = {"item_emb": table(cfg.num_items, d)}
+    for f, rows in enumerate(cfg.field_sizes):
+        params[f"field_emb_{f}"] = table(rows, d)
     for p, rows in enumerate(cfg.profile_sizes):
         params[f"profile_emb_{p}"] = table(rows, cfg.profile_dim)
     params["S"] = (rng.normal(0, 1 / np.sqrt(d), (d, d))).astype(dtype)
@@ -76,38 +80,38 @@ def num_dense(cfg: MINDConfig) -> int:
 
 
 class ItemCache(NamedTuple):
+    names: tuple  # the tables' parameter names
     emb: embedding.ItemEmbeddingCache
 
 
-def item_forward(params: dict, item_cat: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, ItemCache]:
-    """e_i = f_item(F_i): mean of the item-id and category embeddings (3.2). ids [...] -> [..., d]."""
+def item_forward(params: dict, item_fields: tuple, ids: np.ndarray) -> tuple[np.ndarray, ItemCache]:
+    """e_i = f_item(F_i) (3.2): the item-id embedding averaged with its side fields' (multi-valued
+    fields averaged first).  item_fields: per field [V, F_f];  ids [...] -> e [..., d]."""
     ids = np.asarray(ids)
-    e, c = embedding.item_embedding_forward(
-        [params["item_emb"], params["cat_emb"]], [ids[..., None], item_cat[ids][..., None]])
-    return e, ItemCache(c)
+    names = ("item_emb",) + tuple(f"field_emb_{f}" for f in range(len(item_fields)))
+    e, c = embedding.item_embedding_forward([params[n] for n in names],
+                                            [ids[..., None]] + [f[ids] for f in item_fields])
+    return e, ItemCache(names, c)
 
 
 def item_backward(de: np.ndarray, cache: ItemCache) -> dict[str, RowSparseGrad]:
-    return dict(zip(TABLES, embedding.item_embedding_backward(de, cache.emb)))
+    return dict(zip(cache.names, embedding.item_embedding_backward(de, cache.emb)))
 
 
 class TowerCache(NamedTuple):
-    hist: ItemCache
     route: routing.RoutingCache
     profile: embedding.ProfileCache | None
     dense: tuple
     capsule_mask: np.ndarray
 
 
-def user_tower_forward(params: dict, cfg: MINDConfig, item_cat: np.ndarray, hist: np.ndarray,
+def user_tower_forward(params: dict, cfg: MINDConfig, e_hat: np.ndarray, behaviour_mask: np.ndarray,
                        profile: np.ndarray, b0: np.ndarray) -> tuple[np.ndarray, TowerCache]:
-    """V_u [B, K, d] (zero beyond K'_u). hist [B, L] item ids (0 = padding); profile [B, P];
-    b0 [B, K, L] or [K, L] initial routing logits."""
-    e, hist_cache = item_forward(params, item_cat, hist)  # [B, L, d]
-    bmask = hist != 0  # [B, L]
-    cmask = routing.capsule_mask(bmask, cfg.K, cfg.dynamic_k)  # [B, K]  Eq. (9)
-    u, rcache = routing.routing_forward(e, params["S"], b0, bmask, cmask, cfg.iterations,
-                                        cfg.softmax_axis, cfg.grad_mode)  # [B, K, d]
+    """V_u [B, K, d] (zero beyond K'_u) from the mapped behaviours e_hat = S e_i [B, L, d],
+    behaviour_mask [B, L], profile ids [B, P] and initial routing logits b0 [B, K, L] or [K, L]."""
+    cmask = routing.capsule_mask(behaviour_mask, cfg.K, cfg.dynamic_k)  # [B, K]  Eq. (9)
+    u, rcache = routing.route(e_hat, b0, behaviour_mask, cmask, cfg.iterations,
+                              cfg.softmax_axis, cfg.grad_mode)  # [B, K, d]  Eqs. (5)-(8)
     x, pcache = u, None
     if cfg.profile_sizes:
         tables = [params[f"profile_emb_{p}"] for p in range(len(cfg.profile_sizes))]
@@ -119,23 +123,23 @@ def user_tower_forward(params: dict, cfg: MINDConfig, item_cat: np.ndarray, hist
         x, dc = dense.dense_forward(x, params[f"dense_W_{n}"], params[f"dense_b_{n}"], act)
         dcaches.append(dc)
     V = x * cmask[..., None]  # [B, K, d]
-    return V, TowerCache(hist_cache, rcache, pcache, tuple(dcaches), cmask)
+    return V, TowerCache(rcache, pcache, tuple(dcaches), cmask)
 
 
-def user_tower_backward(dV: np.ndarray, cache: TowerCache) -> dict:
+def user_tower_backward(dV: np.ndarray, cache: TowerCache) -> tuple[dict, np.ndarray]:
+    """Returns the tower's parameter gradients (S excluded) and de_hat [B, L, d]."""
     grads: dict = {}
     dx = dV * cache.capsule_mask[..., None]
     for n in reversed(range(len(cache.dense))):
         dx, grads[f"dense_W_{n}"], grads[f"dense_b_{n}"] = dense.dense_backward(dx, cache.dense[n])
     du = dx
     if cache.profile is not None:
-        d = cache.route.e.shape[-1]
+        d = cache.route.e_hat.shape[-1]
         du, dprof = dx[..., :d], dx[..., d:].sum(1)  # the profile is shared by the K capsules
         for p, g in enumerate(embedding.profile_embedding_backward(dprof, cache.profile)):
             grads[f"profile_emb_{p}"] = g
-    de, grads["S"], _ = routing.routing_backward(du, cache.route)
-    grads.update(item_backward(de, cache.hist))
-    return grads
+    de_hat, _ = routing.route_backward(du, cache.route)
+    return grads, de_hat
 
 
 class Batch(NamedTuple):
@@ -145,39 +149,48 @@ class Batch(NamedTuple):
 
 
 class LossCache(NamedTuple):
+    items: ItemCache  # f_item over the distinct items of behaviours, targets and negatives
+    e_distinct: np.ndarray  # [n, d]
+    S: np.ndarray  # [d, d]
+    inverse: np.ndarray  # [B L + B + S] position of each id among the distinct ones
     tower: TowerCache
     att: attention.AttentionCache
-    target: ItemCache
-    neg: ItemCache
     loss: sampled_softmax.SampledSoftmaxCache
 
 
-def loss_forward(params: dict, cfg: MINDConfig, item_cat: np.ndarray, batch: Batch, b0: np.ndarray,
+def loss_forward(params: dict, cfg: MINDConfig, item_fields: tuple, batch: Batch, b0: np.ndarray,
                  neg_ids: np.ndarray, log_q: tuple | None) -> tuple[float, LossCache]:
-    """The training loss for fixed random draws (routing logits b0, negatives neg_ids)."""
-    V, tcache = user_tower_forward(params, cfg, item_cat, batch.hist, batch.profile, b0)
-    e_t, t_cache = item_forward(params, item_cat, batch.target)  # [B, d]
+    """The training loss for fixed random draws (routing logits b0, negatives neg_ids).
+
+    f_item and the bilinear map S e_i (Eq. 8) depend on the item alone, so both are computed
+    once per distinct item of the batch and gathered (the same function, far fewer rows)."""
+    B, L = batch.hist.shape
+    ids = np.concatenate([batch.hist.reshape(-1), batch.target, neg_ids])  # [B L + B + S]
+    distinct, inverse = unique_ids(ids, cfg.num_items)
+    e_d, icache = item_forward(params, item_fields, distinct)  # [n, d]  f_item once per item
+    e_hat = (e_d @ params["S"].T)[inverse[: B * L]].reshape(B, L, -1)  # [B, L, d]  S e_i, Eq. (8)
+    e_other = e_d[inverse[B * L:]]  # [B + S, d]
+    e_t, e_n = e_other[:B], e_other[B:]  # [B, d], [S, d]
+    V, tcache = user_tower_forward(params, cfg, e_hat, batch.hist != 0, batch.profile, b0)
     v, acache = attention.attention_forward(V, e_t, tcache.capsule_mask, cfg.p, cfg.attention)
-    e_n, n_cache = item_forward(params, item_cat, neg_ids)  # [S, d]
     lq_pos, lq_neg = log_q if log_q is not None else (None, None)
     loss, lcache = sampled_softmax.sampled_softmax_forward(v, e_t, e_n, batch.target, neg_ids,
                                                            lq_pos, lq_neg)
-    return loss, LossCache(tcache, acache, t_cache, n_cache, lcache)
+    return loss, LossCache(icache, e_d, params["S"], inverse, tcache, acache, lcache)
 
 
 def loss_backward(cache: LossCache) -> dict:
     """Gradients of every parameter: dense arrays, and RowSparseGrad for the tables."""
     dv, de_t, de_n = sampled_softmax.sampled_softmax_backward(1.0, cache.loss)
     dV, de_att = attention.attention_backward(dv, cache.att)
-    grads = user_tower_backward(dV, cache.tower)
-    for part in (item_backward(de_t + de_att, cache.target), item_backward(de_n, cache.neg)):
-        for name, g in part.items():
-            grads[name] = _add_sparse(grads[name], g)
+    grads, de_hat = user_tower_backward(dV, cache.tower)
+    d, n, BL = de_hat.shape[-1], cache.e_distinct.shape[0], de_hat.shape[0] * de_hat.shape[1]
+    de_hat_d = segment_sum(cache.inverse[:BL], de_hat.reshape(BL, d), n)  # [n, d] per item
+    grads["S"] = de_hat_d.T @ cache.e_distinct  # [d, d]   through S e_i
+    de_other = np.concatenate([de_t + de_att, de_n])  # [B + S, d] targets, negatives
+    de_d = de_hat_d @ cache.S + segment_sum(cache.inverse[BL:], de_other, n)  # [n, d]
+    grads.update(item_backward(de_d, cache.items))
     return grads
-
-
-def _add_sparse(a: RowSparseGrad, b: RowSparseGrad) -> RowSparseGrad:
-    return scatter_rows(np.concatenate([a.rows, b.rows]), np.concatenate([a.values, b.values]))
 
 
 def train_draws(rng: np.random.Generator, cfg: MINDConfig, batch: Batch, sampler: Sampler,
@@ -198,9 +211,10 @@ def serving_logits(params: dict, L: int) -> np.ndarray:
     return stored[:, :L]
 
 
-def user_vectors(params: dict, cfg: MINDConfig, item_cat: np.ndarray, hist: np.ndarray,
+def user_vectors(params: dict, cfg: MINDConfig, item_fields: tuple, hist: np.ndarray,
                  profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Serving (3.5): V_u [B, K, d] and the interest mask [B, K]. Deterministic."""
-    V, cache = user_tower_forward(params, cfg, item_cat, hist, profile,
+    e, _ = item_forward(params, item_fields, hist)  # [B, L, d]
+    V, cache = user_tower_forward(params, cfg, e @ params["S"].T, hist != 0, profile,
                                   serving_logits(params, hist.shape[1]))
     return V, cache.capsule_mask

@@ -63,12 +63,13 @@ def init_logits(rng: np.random.Generator, shape: tuple, sigma: float = 1.0,
     """
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
+    dtype = np.dtype(dtype)
+    if dtype in (np.float32, np.float64):  # drawn in the target precision, no conversion
+        return sigma * rng.standard_normal(shape, dtype=dtype)
     return (sigma * rng.standard_normal(shape)).astype(dtype)
 
 
 class RoutingCache(NamedTuple):
-    e: np.ndarray  # [B, L, d] behaviour embeddings
-    S: np.ndarray  # [d, d]
     e_hat: np.ndarray  # [B, L, d]  S e_i
     mask: np.ndarray  # [B, K, L]  valid capsule & valid behaviour
     axis: int  # softmax axis of [B, K, L]
@@ -76,6 +77,12 @@ class RoutingCache(NamedTuple):
     w: tuple  # per iteration [B, K, L]
     squash: tuple  # per iteration SquashCache (z [B, K, d])
     u: tuple  # per iteration [B, K, d]
+
+
+class RoutingForwardCache(NamedTuple):
+    e: np.ndarray  # [B, L, d]
+    S: np.ndarray  # [d, d]
+    route: RoutingCache
 
 
 def routing_forward(
@@ -87,7 +94,7 @@ def routing_forward(
     iterations: int = 3,
     softmax_axis: str = "interests",
     grad_mode: str = "full",
-) -> tuple[np.ndarray, RoutingCache]:
+) -> tuple[np.ndarray, RoutingForwardCache]:
     """B2I routing, Eqs. (5)-(8). Returns the interest capsules u [B, K, d] and the cache.
 
     e: [B, L, d] behaviour embeddings;  S: [d, d];  b0: [B, K, L] initial logits (or [K, L],
@@ -95,6 +102,35 @@ def routing_forward(
     True per row;  capsule_mask: [B, K] bool, at least one True per row (see capsule_mask()).
     """
     B, L, d = e.shape
+    if S.shape != (d, d):
+        raise ValueError(f"routing: e {e.shape} and S {S.shape} do not fit")
+    e_hat = (e.reshape(-1, d) @ S.T).reshape(B, L, d)  # [B, L, d]  S e_i, Eq. (8); 2-D GEMM
+    u, cache = route(e_hat, b0, behaviour_mask, capsule_mask, iterations, softmax_axis, grad_mode)
+    return u, RoutingForwardCache(e, S, cache)
+
+
+def routing_backward(du: np.ndarray, cache: RoutingForwardCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (de, dS, db0) for the forward's (e, S, b0); db0 is [B, K, L]."""
+    e, S, rcache = cache
+    de_hat, db0 = route_backward(du, rcache)  # [B, L, d]
+    d = e.shape[-1]
+    dS = de_hat.reshape(-1, d).T @ e.reshape(-1, d)  # [d, d]
+    de = (de_hat.reshape(-1, d) @ S).reshape(e.shape)  # [B, L, d]
+    return de, dS, db0
+
+
+def route(
+    e_hat: np.ndarray,
+    b0: np.ndarray,
+    behaviour_mask: np.ndarray,
+    capsule_mask: np.ndarray,
+    iterations: int = 3,
+    softmax_axis: str = "interests",
+    grad_mode: str = "full",
+) -> tuple[np.ndarray, RoutingCache]:
+    """Eqs. (5)-(8) given the mapped behaviours e_hat = S e_i [B, L, d] (the model maps each
+    distinct item once). Returns u [B, K, d] and the cache."""
+    B, L, d = e_hat.shape
     K = capsule_mask.shape[-1]
     if softmax_axis not in SOFTMAX_AXES:
         raise ValueError(f"softmax_axis must be one of {SOFTMAX_AXES}, got {softmax_axis!r}")
@@ -102,50 +138,48 @@ def routing_forward(
         raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    if S.shape != (d, d) or behaviour_mask.shape != (B, L) or capsule_mask.shape != (B, K):
-        raise ValueError(f"routing: e {e.shape}, S {S.shape}, behaviour_mask "
-                         f"{behaviour_mask.shape}, capsule_mask {capsule_mask.shape} do not fit")
+    if behaviour_mask.shape != (B, L) or capsule_mask.shape != (B, K):
+        raise ValueError(f"routing: behaviours {e_hat.shape}, behaviour_mask {behaviour_mask.shape}, "
+                         f"capsule_mask {capsule_mask.shape} do not fit")
     if not behaviour_mask.any(-1).all():
         raise ValueError("routing: a user has no valid behaviour (empty history)")
     if not capsule_mask.any(-1).all():
         raise ValueError("routing: a user has no valid capsule")
-    b = np.broadcast_to(b0, (B, K, L)).astype(e.dtype)  # [B, K, L]
+    b = np.broadcast_to(b0, (B, K, L)).astype(e_hat.dtype)  # [B, K, L]
     mask = capsule_mask[:, :, None] & behaviour_mask[:, None, :]  # [B, K, L]
     axis = 1 if softmax_axis == "interests" else 2
-    e_hat = e @ S.T  # [B, L, d]   S e_i, Eq. (8)
+    e_hat_T = e_hat.transpose(0, 2, 1)  # [B, d, L]
     ws, caches, us = [], [], []
     for t in range(iterations):
         w = masked_softmax(b, mask, axis)  # [B, K, L]  Eq. (5)
-        z = np.einsum("bkl,bld->bkd", w, e_hat)  # [B, K, d]  Eq. (6)
+        z = w @ e_hat  # [B, K, d]  Eq. (6)
         u, sq = squash_forward(z)  # [B, K, d]  Eq. (7); 0 for masked capsules
         ws.append(w), caches.append(sq), us.append(u)
         if t < iterations - 1:
-            b = b + np.einsum("bkd,bld->bkl", u, e_hat)  # [B, K, L]  Eq. (8)
-    cache = RoutingCache(e, S, e_hat, mask, axis, grad_mode, tuple(ws), tuple(caches), tuple(us))
-    return us[-1], cache
+            b = b + u @ e_hat_T  # [B, K, L]  Eq. (8)
+    return us[-1], RoutingCache(e_hat, mask, axis, grad_mode, tuple(ws), tuple(caches), tuple(us))
 
 
-def routing_backward(du: np.ndarray, cache: RoutingCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (de, dS, db0) for the forward's (e, S, b0); db0 is [B, K, L].
+def route_backward(du: np.ndarray, cache: RoutingCache) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (de_hat, db0).
 
     'full': reverse-mode through all iterations (the logit updates included).
     'stop': only the last iteration, its weights w_ij held constant; db0 = 0.
     """
     e_hat, axis = cache.e_hat, cache.axis
+    e_hat_T = e_hat.transpose(0, 2, 1)  # [B, d, L]
     r = len(cache.w)
     de_hat = np.zeros_like(e_hat)  # [B, L, d]
     db = np.zeros_like(cache.w[0])  # [B, K, L] gradient reaching b at the current iteration
     first = r - 1 if cache.grad_mode == "stop" else 0
     for t in reversed(range(first, r)):
-        du_t = du if t == r - 1 else np.einsum("bkl,bld->bkd", db, e_hat)  # Eq. (8) -> u
+        du_t = du if t == r - 1 else db @ e_hat  # [B, K, d]  Eq. (8) -> u
         if t < r - 1:
-            de_hat += np.einsum("bkl,bkd->bld", db, cache.u[t])  # Eq. (8) -> S e_i
+            de_hat += db.transpose(0, 2, 1) @ cache.u[t]  # [B, L, d]  Eq. (8) -> S e_i
         dz = squash_backward(du_t, cache.squash[t])  # [B, K, d]
         w = cache.w[t]
-        de_hat += np.einsum("bkl,bkd->bld", w, dz)  # Eq. (6) -> S e_i
+        de_hat += w.transpose(0, 2, 1) @ dz  # [B, L, d]  Eq. (6) -> S e_i
         if cache.grad_mode == "full":
-            dw = np.einsum("bkd,bld->bkl", dz, e_hat)  # Eq. (6) -> w
+            dw = dz @ e_hat_T  # [B, K, L]  Eq. (6) -> w
             db = db + masked_softmax_backward(dw, w, axis)  # Eq. (5); identity path of "+="
-    dS = np.einsum("bli,blj->ij", de_hat, cache.e)  # [d, d]
-    de = de_hat @ cache.S  # [B, L, d]
-    return de, dS, db
+    return de_hat, db

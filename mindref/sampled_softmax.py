@@ -19,14 +19,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .softmax import masked_softmax
+from .softmax import masked_log_softmax
 
 
 class SampledSoftmaxCache(NamedTuple):
     v: np.ndarray  # [B, d]
     e_pos: np.ndarray  # [B, d]
     e_neg: np.ndarray  # [S, d]
-    prob: np.ndarray  # [B, 1 + S] softmax over (positive, negatives); 0 on removed hits
+    prob_pos: np.ndarray  # [B]     softmax mass of the positive
+    prob_neg: np.ndarray  # [B, S]  of each negative; 0 on removed hits
 
 
 def sampled_softmax_forward(
@@ -48,27 +49,20 @@ def sampled_softmax_forward(
         raise ValueError(f"sampled softmax: pos_ids {pos_ids.shape}, neg_ids {neg_ids.shape}")
     if (log_q_pos is None) != (log_q_neg is None):
         raise ValueError("sampled softmax: give both log_q_pos and log_q_neg, or neither")
-    o_pos = np.einsum("bd,bd->b", v, e_pos)[:, None]  # [B, 1]
+    o_pos = np.sum(v * e_pos, axis=1)  # [B]
     o_neg = v @ e_neg.T  # [B, S]
     if log_q_pos is not None:
-        o_pos = o_pos - log_q_pos[:, None]  # logQ correction
-        o_neg = o_neg - log_q_neg[None, :]
-    logits = np.concatenate([o_pos, o_neg], axis=1)  # [B, 1 + S]
-    keep = np.ones(logits.shape, dtype=bool)
+        o_pos -= log_q_pos  # logQ correction
+        o_neg -= log_q_neg[None, :]
     if remove_accidental_hits:
-        keep[:, 1:] = neg_ids[None, :] != pos_ids[:, None]
-    prob = masked_softmax(logits, keep, axis=1)  # [B, 1 + S]
-    log_pos = logits[:, 0] - _masked_logsumexp(logits, keep)  # [B]  log Pr(i|u), Eq. (10)
-    loss = -np.mean(log_pos)  # Eq. (11), as a mean
-    return float(loss), SampledSoftmaxCache(v, e_pos, e_neg, prob)
-
-
-def _masked_logsumexp(logits: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """log sum exp over the kept entries of each row (never the log of a softmax, which
-    underflows). Every row must keep at least one entry."""
-    masked = np.where(keep, logits, -np.inf)  # [B, N]
-    m = masked.max(axis=1)  # [B]
-    return m + np.log(np.exp(masked - m[:, None]).sum(axis=1))
+        np.putmask(o_neg, neg_ids[None, :] == pos_ids[:, None], -np.inf)  # hit: no mass
+    m = np.maximum(o_pos, o_neg.max(axis=1))  # [B], finite: the positive is always kept
+    ex_neg = np.exp(np.subtract(o_neg, m[:, None], out=o_neg), out=o_neg)  # [B, S], in place
+    ex_pos = np.exp(o_pos - m)  # [B]
+    Z = ex_pos + ex_neg.sum(axis=1)  # [B]
+    loss = np.mean(np.log(Z) - (o_pos - m))  # Eq. (11) as a mean of -log Pr(i|u), Eq. (10)
+    ex_neg /= Z[:, None]
+    return float(loss), SampledSoftmaxCache(v, e_pos, e_neg, ex_pos / Z, ex_neg)
 
 
 def sampled_softmax_backward(
@@ -76,12 +70,10 @@ def sampled_softmax_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Returns (dv, de_pos, de_neg). Rows of de_pos/de_neg belong to pos_ids/neg_ids; fold them
     into table gradients with sparse.scatter_rows (duplicates are summed there)."""
-    v, e_pos, e_neg, prob = cache
-    B = v.shape[0]
-    dlogits = prob.copy()  # [B, 1 + S]   d(-log p_0)/d logits = p - onehot(0)
-    dlogits[:, 0] -= 1
-    dlogits *= dloss / B
-    d_pos, d_neg = dlogits[:, 0], dlogits[:, 1:]  # [B], [B, S]
+    v, e_pos, e_neg, prob_pos, prob_neg = cache
+    scale = dloss / v.shape[0]
+    d_pos = (prob_pos - 1) * scale  # [B]     d(-log p_pos)/d o_pos = p_pos - 1
+    d_neg = prob_neg * scale  # [B, S]  d(-log p_pos)/d o_s = p_s
     dv = d_pos[:, None] * e_pos + d_neg @ e_neg  # [B, d]
     de_pos = d_pos[:, None] * v  # [B, d]
     de_neg = d_neg.T @ v  # [S, d]
@@ -103,8 +95,9 @@ def full_softmax_forward(v: np.ndarray, E: np.ndarray, pos_ids: np.ndarray
     keep = np.ones(logits.shape, dtype=bool)
     keep[:, 0] = False  # padding is not an item
     rows = np.arange(v.shape[0])
-    loss = float(np.mean(_masked_logsumexp(logits, keep) - logits[rows, pos_ids]))  # Eq. (11)
-    dlogits = masked_softmax(logits, keep, axis=1)  # [B, V]
+    log_prob = masked_log_softmax(logits, keep, axis=1)  # [B, V]
+    loss = float(-np.mean(log_prob[rows, pos_ids]))  # Eq. (11)
+    dlogits = np.exp(log_prob)  # [B, V]
     dlogits[rows, pos_ids] -= 1  # p - onehot(pos)
     return loss, FullSoftmaxCache(v, E, dlogits)
 

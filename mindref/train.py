@@ -7,8 +7,9 @@ import numpy as np
 
 from . import model as M
 from .adam import Adam
-from .data import Dataset, Examples
-from .evaluate import max_scores, metrics, target_ranks
+from .allocator import keep_temporaries_mapped
+from .data import Dataset, EvalSet, Examples
+from .evaluate import evaluate, max_scores
 from .samplers import LogUniformSampler
 
 
@@ -20,6 +21,7 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
     Seeded by cfg.seed: the same inputs give bit-identical parameters on one machine.
     progress(epoch, step, steps, loss) is called after every step when given.
     """
+    keep_temporaries_mapped()
     params = M.init_params(cfg, dtype)
     opt = Adam(params, lr=lr, frozen=("serving_logits",))
     sampler = LogUniformSampler.from_counts(np.bincount(train.target, minlength=cfg.num_items))
@@ -34,7 +36,7 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
             idx = order[step * batch_size:(step + 1) * batch_size]
             batch = M.Batch(train.hist[idx], profiles[idx], train.target[idx])
             b0, neg, log_q = M.train_draws(rng, cfg, batch, sampler, num_neg, dtype)
-            loss, cache = M.loss_forward(params, cfg, ds.item_cat, batch, b0, neg, log_q)
+            loss, cache = M.loss_forward(params, cfg, ds.item_fields, batch, b0, neg, log_q)
             if not np.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {step}")
             opt.step(params, M.loss_backward(cache))
@@ -45,14 +47,18 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
     return params, history
 
 
-def evaluate(params: dict, cfg: M.MINDConfig, ds: Dataset, test: Examples, batch_size: int = 512,
-             exclude_history: bool = True) -> dict[str, float]:
-    """HitRate@N and NDCG@N by full ranking of every item with Eq. (3)."""
-    E, _ = M.item_forward(params, ds.item_cat, np.arange(cfg.num_items))  # [V, d]
-    ranks = []
-    for start in range(0, len(test.target), batch_size):
-        sl = slice(start, start + batch_size)
-        V, cmask = M.user_vectors(params, cfg, ds.item_cat, test.hist[sl], ds.profiles[test.users[sl]])
-        ranks.append(target_ranks(max_scores(V, cmask, E), test.target[sl], test.hist[sl],
-                                  exclude_history))
-    return metrics(np.concatenate(ranks))
+def scorer(params: dict, cfg: M.MINDConfig, ds: Dataset) -> Callable:
+    """score(users, hist) -> [b, V] by Eq. (3) with the serving user tower (no randomness)."""
+    E, _ = M.item_forward(params, ds.item_fields, np.arange(cfg.num_items))  # [V, d]
+
+    def score(users: np.ndarray, hist: np.ndarray) -> np.ndarray:
+        V, cmask = M.user_vectors(params, cfg, ds.item_fields, hist, ds.profiles[users])
+        return max_scores(V, cmask, E)
+
+    return score
+
+
+def evaluate_model(params: dict, cfg: M.MINDConfig, ds: Dataset, cases: EvalSet,
+                   exclude_history: bool = True) -> dict[str, float]:
+    """HitRate, Recall and NDCG at 10/20/50/100 by full ranking of every item with Eq. (3)."""
+    return evaluate(scorer(params, cfg, ds), cases, cfg.num_items, exclude_history)

@@ -35,7 +35,7 @@ def routing_inputs(draw, max_B=3, max_L=5, max_K=4, max_d=4):
 def assume_smooth(cache, cmask):
     """Central differences are only O(h^2)-accurate where squash is smooth: ||z|| > 0.
     (squash ~ ||z|| z has a kink in its second derivative at 0; test_squash checks z = 0.)"""
-    for sq in cache.squash:
+    for sq in cache.route.squash:
         assume(np.all(sq.norm[..., 0][cmask] > 1e-3))
 
 
@@ -65,7 +65,7 @@ def test_stop_mode_gradient_matches_the_frozen_weight_surrogate(inputs, seed):
     e, S, b0, bmask, cmask, config = inputs
     u, cache = routing_forward(e, S, b0, bmask, cmask, grad_mode="stop", **config)
     assume_smooth(cache, cmask)
-    w_final = cache.w[-1]  # [B, K, L]
+    w_final = cache.route.w[-1]  # [B, K, L]
     du = upstream(np.random.default_rng(seed), u.shape)
     de, dS, db0 = routing_backward(du, cache)
 
@@ -126,10 +126,11 @@ def test_outputs_are_capsules_and_masked_ones_are_zero(inputs):
     u, cache = routing_forward(e, S, b0, bmask, cmask, **config)
     assert np.all(np.linalg.norm(u, axis=-1) < 1)
     np.testing.assert_array_equal(u[~cmask], 0.0)
-    for w in cache.w:
-        np.testing.assert_array_equal(w[~cache.mask], 0.0)
-        axis_sums = w.sum(cache.axis)
-        valid = cache.mask.any(cache.axis)
+    rc = cache.route
+    for w in rc.w:
+        np.testing.assert_array_equal(w[~rc.mask], 0.0)
+        axis_sums = w.sum(rc.axis)
+        valid = rc.mask.any(rc.axis)
         np.testing.assert_allclose(axis_sums[valid], 1.0, rtol=1e-12)
 
 

@@ -55,7 +55,8 @@ def test_accidental_hits_take_no_mass(inputs):
     v, e_pos, e_neg, pos_ids, neg_ids, (lq_pos, lq_neg) = inputs
     loss, cache = sampled_softmax_forward(v, e_pos, e_neg, pos_ids, neg_ids, lq_pos, lq_neg)
     hit = neg_ids[None, :] == pos_ids[:, None]  # [B, S]
-    np.testing.assert_array_equal(cache.prob[:, 1:][hit], 0.0)
+    np.testing.assert_array_equal(cache.prob_neg[hit], 0.0)
+    np.testing.assert_allclose(cache.prob_pos + cache.prob_neg.sum(1), 1.0, rtol=1e-12)
     _, _, de_neg = sampled_softmax_backward(1.0, cache)
     only_hits = hit.all(0)  # a negative that is a hit for every row gets no gradient
     np.testing.assert_array_equal(de_neg[only_hits], 0.0)

@@ -1,0 +1,18 @@
+"""Shared by the benchmarks: where the real data is, and how to load a dataset by name."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mindref.readers import read_movielens_100k, read_sequences
+
+DATA = Path(os.environ.get("MINDREF_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def load(name: str):
+    if name == "ml-100k":
+        return read_movielens_100k(DATA / "ml-100k")
+    if name == "beauty":
+        folder = DATA / "amazon-beauty"
+        return read_sequences(folder / "Beauty.txt", folder / "Beauty_item2attributes.json")
+    raise ValueError(f"unknown dataset {name!r}: ml-100k or beauty")
