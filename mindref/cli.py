@@ -1,88 +1,240 @@
-"""Command line: `mindref demo` trains and evaluates MIND on the embedded synthetic data."""
+"""mindref's command line.
+
+    mindref demo                                    MIND vs K = 1 vs MostPopular on synthetic data
+    mindref train --data-format ml-100k --out runs/ml   train (resumes when --out holds a run)
+    mindref evaluate --model runs/ml --json         full-ranking metrics of a trained model
+    mindref compare --data-format ml-100k           every baseline and MIND in one table
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
-from . import __version__
-from .data import leave_one_out, synthetic
+from . import __version__, baselines, checkpoint
+from .attention import MODES
+from .datasets import FORMATS, PROTOCOLS, load_dataset, split
+from .evaluate import evaluate
 from .model import MINDConfig
-from .train import evaluate_model, fit
+from .routing import GRAD_MODES, SOFTMAX_AXES
+from .train import evaluate_model, fit, load_state, save_state, scorer
+
+COLUMNS = ("HR@10", "HR@50", "HR@100", "Recall@50", "NDCG@50")
 
 
-def _progress_bar(total_steps: int, desc: str):
-    """A tqdm bar with loss and samples/s when tqdm is installed, else a quiet callback."""
+def _progress(total_steps: int, desc: str, batch_size: int):
+    """A tqdm bar with loss and samples/s when tqdm is installed and stderr is a terminal."""
     try:
         from tqdm import tqdm
     except ImportError:
         return None, lambda: None
     bar = tqdm(total=total_steps, desc=desc, unit="step", leave=False, file=sys.stderr,
-               disable=None, mininterval=0.5)  # silent when stderr is not a terminal
-    state = {"t": time.perf_counter()}
+               disable=None, mininterval=0.5)
+    t0 = time.perf_counter()
 
-    def update(epoch, step, steps, loss, batch_size=256):
-        now = time.perf_counter()
-        bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", samples_s=f"{batch_size / (now - state['t']):.0f}")
-        state["t"] = now
+    def update(epoch, step, steps, loss):
         bar.update(1)
+        rate = bar.n * batch_size / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", samples_s=f"{rate:,.0f}", refresh=False)
 
     return update, bar.close
 
 
-def demo(args: argparse.Namespace) -> int:
-    ds = synthetic(num_users=args.users, seed=args.seed)
-    train, _, test = leave_one_out(ds, args.max_len)
-    print(f"synthetic data: {len(ds.sequences)} users, {ds.num_items - 1} items, "
-          f"{ds.field_sizes[0] - 1} planted interest clusters; {len(train.target)} training "
-          f"examples, {len(test.users)} test users (leave-one-out, full ranking)")
-    rows = {}
-    for K in (1, args.K):
-        cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes,
-                         profile_sizes=ds.profile_sizes, dim=args.dim, K=K, max_len=args.max_len,
-                         seed=args.seed)
-        steps = args.epochs * -(-len(train.target) // args.batch_size)
-        update, close = _progress_bar(steps, f"MIND K={K}")
-        t0 = time.perf_counter()
-        params, losses = fit(cfg, ds, train, epochs=args.epochs, batch_size=args.batch_size,
-                             num_neg=args.negatives, progress=update)
+def _data_spec(args) -> dict:
+    return {"format": args.data_format, "path": str(args.data_path) if args.data_path else None,
+            "protocol": args.protocol, "max_len": args.max_len, "seed": args.seed,
+            "category": args.category, "name": args.comirec_name, "users": args.users}
+
+
+def _config(args, ds, K: int | None = None) -> MINDConfig:
+    return MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                      dim=args.dim, K=K or args.K, hidden=tuple(args.hidden), iterations=args.iterations,
+                      sigma=args.sigma, softmax_axis=args.softmax_axis, grad_mode=args.grad_mode,
+                      dynamic_k=not args.no_dynamic_k, attention=args.attention, p=args.p,
+                      max_len=args.max_len, seed=args.seed)
+
+
+def _fit_args(args) -> dict:
+    return {"epochs": args.epochs, "batch_size": args.batch_size, "num_neg": args.negatives, "lr": args.lr}
+
+
+def _train(cfg, ds, train, fit_args: dict, desc: str, state=None, on_epoch=None):
+    per_epoch = -(-len(train.target) // fit_args["batch_size"])
+    steps = (fit_args["epochs"] - (state.epoch if state else 0)) * per_epoch
+    update, close = _progress(steps, desc, fit_args["batch_size"])
+    t0 = time.perf_counter()
+    try:
+        state = fit(cfg, ds, train, epochs=fit_args["epochs"], batch_size=fit_args["batch_size"],
+                    num_neg=fit_args["num_neg"], lr=fit_args["lr"], progress=update, state=state,
+                    on_epoch=on_epoch)
+    finally:
         close()
-        seconds = time.perf_counter() - t0
-        m = evaluate_model(params, cfg, ds, test)
-        rows[f"MIND K={K}" + (" (YouTube DNN)" if K == 1 else "")] = m
-        print(f"K={K}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {seconds:.0f}s "
-              f"({args.epochs * len(train.target) / seconds:,.0f} samples/s)")
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    cols = ["HR@10", "HR@20", "HR@50", "NDCG@50"]
-    print(f"\n{'model':<28}" + "".join(f"{c:>10}" for c in cols))
-    for name, m in rows.items():
-        print(f"{name:<28}" + "".join(f"{m[c]:>10.4f}" for c in cols))
+    return state, time.perf_counter() - t0
+
+
+def _table(rows: dict) -> str:
+    lines = [f"{'model':<26}" + "".join(f"{c:>11}" for c in COLUMNS)]
+    lines += [f"{name:<26}" + "".join(f"{m[c]:>11.4f}" for c in COLUMNS) for name, m in rows.items()]
+    return "\n".join(lines)
+
+
+def cmd_train(args) -> int:
+    out = Path(args.out)
+    spec, fit_args = _data_spec(args), _fit_args(args)
+    ds, splits = load_dataset(spec)
+    train, valid, _ = split(ds, spec, splits)
+    state = None
+    if (out / "config.json").exists():
+        state, cfg, manifest = load_state(out)
+        spec, fit_args = manifest["data"], {**manifest["train"]["fit"], "epochs": args.epochs}
+        ds, splits = load_dataset(spec)
+        train, valid, _ = split(ds, spec, splits)
+        print(f"resuming {out} after epoch {state.epoch}")
+    else:
+        cfg = _config(args, ds)
+    state, seconds = _train(cfg, ds, train, fit_args, f"train K={cfg.K}", state,
+                            on_epoch=lambda s: save_state(out, s, cfg, spec, fit_args))
+    print(f"{len(train.target):,} examples x {len(state.losses)} epochs; losses "
+          + " ".join(f"{x:.3f}" for x in state.losses) + f"; checkpoint {out}")
+    print(json.dumps({"valid": evaluate_model(state.params, cfg, ds, valid)}, indent=2))
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    params, cfg, manifest, _ = checkpoint.load(args.model)
+    spec = manifest.get("data") or {}
+    ds, splits = load_dataset(spec)
+    _, valid, test = split(ds, spec, splits)
+    cases = test if args.split == "test" else valid
+    m = evaluate(scorer(params, cfg, ds), cases, cfg.num_items, not args.include_history)
+    if args.json:
+        print(json.dumps({"model": str(args.model), "split": args.split, "metrics": m}, indent=2))
+    else:
+        print(_table({f"MIND K={cfg.K} ({args.split})": m}))
+    return 0
+
+
+def _compare_rows(args, ds, splits, spec) -> dict:
+    train, _, test = split(ds, spec, splits)
+    rows = {}
+    R = baselines.interactions(train, len(ds.sequences), ds.num_items)
+    for name, make in (("MostPopular", lambda: baselines.MostPopular(train, ds.num_items)),
+                       ("ItemCF", lambda: baselines.ItemCF(R)),
+                       ("WALS", lambda: baselines.WALS(R, dim=args.dim, seed=args.seed))):
+        if name in args.skip:
+            continue
+        t0 = time.perf_counter()
+        rows[name] = evaluate(make(), test, ds.num_items)
+        print(f"{name}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    for K in (1, args.K):
+        cfg = _config(args, ds, K)
+        state, seconds = _train(cfg, ds, train, _fit_args(args), f"MIND K={K}")
+        name = "YouTube DNN (MIND K=1)" if K == 1 else f"MIND K={K}"
+        rows[name] = evaluate_model(state.params, cfg, ds, test)
+        print(f"{name}: loss {state.losses[0]:.3f} -> {state.losses[-1]:.3f}, {seconds:.0f}s "
+              f"({args.epochs * len(train.target) / seconds:,.0f} samples/s)", file=sys.stderr)
+    return rows
+
+
+def cmd_compare(args) -> int:
+    spec = _data_spec(args)
+    ds, splits = load_dataset(spec)
+    rows = _compare_rows(args, ds, splits, spec)
+    print(json.dumps({"data": spec, "test": rows}, indent=2) if args.json else _table(rows))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    spec = _data_spec(args)
+    ds, splits = load_dataset(spec)
+    print(f"synthetic data: {len(ds.sequences)} users mixing 2-4 of {ds.field_sizes[0] - 1} planted "
+          f"interest clusters, {ds.num_items - 1} items; leave-one-out, full ranking of every item",
+          file=sys.stderr)
+    args.skip = ("ItemCF", "WALS")
+    rows = _compare_rows(args, ds, splits, spec)
+    print(json.dumps(rows, indent=2) if args.json else _table(rows))
+    return 0
+
+
+def _add_data(p, fmt: str = "ml-100k") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-format", choices=FORMATS, default=fmt)
+    g.add_argument("--data-path", type=Path, help="file or folder (default: $MINDREF_DATA/...)")
+    g.add_argument("--protocol", choices=PROTOCOLS, default="loo",
+                   help="loo: leave-one-out next item; strong: ComiRec's held-out users")
+    g.add_argument("--category", default="last", help="sequences format: last|first|all|none")
+    g.add_argument("--comirec-name", default="book")
+    g.add_argument("--users", type=int, default=2000, help="synthetic format: number of users")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _add_model(p, epochs: int = 10, dim: int = 64) -> None:
+    g = p.add_argument_group("model and training")
+    g.add_argument("--K", type=int, default=4, help="interests")
+    g.add_argument("--dim", type=int, default=dim)
+    g.add_argument("--hidden", type=int, nargs="*", default=[64], help="ReLU layer sizes")
+    g.add_argument("--max-len", type=int, default=50)
+    g.add_argument("--iterations", type=int, default=3)
+    g.add_argument("--sigma", type=float, default=1.0)
+    g.add_argument("--softmax-axis", choices=SOFTMAX_AXES, default="interests")
+    g.add_argument("--grad-mode", choices=GRAD_MODES, default="stop")
+    g.add_argument("--no-dynamic-k", action="store_true", help="K interests for every user")
+    g.add_argument("--attention", choices=MODES, default="pow")
+    g.add_argument("--p", type=float, default=2.0)
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--negatives", type=int, default=256, help="shared sampled negatives per batch")
+    g.add_argument("--lr", type=float, default=3e-3)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mindref", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"mindref {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="MIND vs K = 1 vs MostPopular on embedded synthetic data")
+    _add_data(p, "synthetic")
+    _add_model(p, epochs=5, dim=16)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("train", help="train MIND; checkpoints every epoch, resumes from --out")
+    _add_data(p)
+    _add_model(p)
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="full-ranking metrics of a checkpoint")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--split", choices=("test", "valid"), default="test")
+    p.add_argument("--include-history", action="store_true", help="do not exclude history items")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("compare", help="baselines and MIND in one table (the paper's Table 2)")
+    _add_data(p)
+    _add_model(p)
+    p.add_argument("--skip", nargs="*", default=(), choices=("MostPopular", "ItemCF", "WALS"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+    return ap
+
+
+POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "negatives", "users")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mindref", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"mindref {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="train and evaluate MIND vs K = 1 on embedded synthetic data")
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--K", type=int, default=4, help="interests (compared against K = 1)")
-    p.add_argument("--dim", type=int, default=32)
-    p.add_argument("--max-len", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--negatives", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.set_defaults(func=demo)
-    args = parser.parse_args(argv)
-    for name in ("users", "epochs", "K", "dim", "max_len", "batch_size", "negatives"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    return args.func(args)
+    ap = parser()
+    args = ap.parse_args(argv)
+    for name in POSITIVE:
+        if getattr(args, name, 1) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if getattr(args, "lr", 1) <= 0 or getattr(args, "sigma", 0) < 0:
+        ap.error("--lr must be > 0 and --sigma >= 0")
+    try:
+        return args.func(args)
+    except (OSError, ValueError, FloatingPointError) as err:  # data, checkpoint and config errors
+        print(f"mindref {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

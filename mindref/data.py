@@ -37,7 +37,7 @@ class Dataset(NamedTuple):
         return tuple(int(c.max()) + 1 for c in self.profiles.T)
 
 
-def synthetic(num_users: int = 2000, num_clusters: int = 20, items_per_cluster: int = 50,
+def synthetic(num_users: int = 2000, num_clusters: int = 100, items_per_cluster: int = 20,
               interests: tuple = (2, 4), length: tuple = (10, 40), stay: float = 0.5,
               seed: int = 0) -> Dataset:
     """Users with planted interests: each user mixes 2 to 4 item clusters.
@@ -46,7 +46,9 @@ def synthetic(num_users: int = 2000, num_clusters: int = 20, items_per_cluster: 
     draws its clusters, then a sequence of distinct items: with probability `stay` the next item
     is from the same cluster as the last one, else from one of the user's clusters at random. Its
     profile field (5 segments) is its first cluster mod 5 plus 1. The next item comes from one of
-    several interests, which a single user vector cannot cover: MIND with K > 1 should win here.
+    several interests. With more clusters than a user vector has dimensions (100 clusters, d = 16
+    in the demo) one vector cannot point at all of a user's clusters at once, and MIND with K > 1
+    wins (docs/results.md); with few clusters in many dimensions a single vector can.
     """
     rng = np.random.default_rng(seed)
     n = items_per_cluster

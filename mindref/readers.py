@@ -70,7 +70,7 @@ def _codes(values: list) -> tuple[np.ndarray, list]:
 
 def build(users: list, items: list, times: list, attributes: dict | None = None,
           field_names: tuple = (), profiles: dict | None = None, profile_names: tuple = (),
-          labels: dict | None = None) -> Dataset:
+          labels: dict | None = None, source: str = "input") -> Dataset:
     """The Dataset of interactions (users[k], items[k], times[k]).
 
     attributes: raw item -> tuple of lists, one list of raw values per side field
@@ -78,7 +78,7 @@ def build(users: list, items: list, times: list, attributes: dict | None = None,
     labels: raw item -> human-readable name
     """
     if not users:
-        raise DataFormatError("no interactions found")
+        raise DataFormatError(f"{source}: no interactions found")
     user_code, raw_users = _codes(users)
     item_code, raw_items = _codes(items)
     user_code -= 1
@@ -190,7 +190,7 @@ def read_sequences(path: str | Path, attributes: str | Path | None = None,
         for t, it in enumerate(parts[1:]):
             users.append(u), items.append(_int(path, n, it, "item")), times.append(t)
     if attributes is None or category == "none" and not brand:
-        return build(users, items, times)
+        return build(users, items, times, source=str(path))
     raw = _read_json(Path(attributes))
     pick = {"last": lambda a: a[-1:], "first": lambda a: a[:1], "all": lambda a: a}
     names = (("category",) if category != "none" else ()) + (("brand",) if brand else ())
@@ -200,7 +200,7 @@ def read_sequences(path: str | Path, attributes: str | Path | None = None,
         chosen = (pick[category](values),) if category != "none" else ()
         attrs[item] = chosen + ((values[:1],) if brand else ())
     _check_known(Path(attributes), set(items) - set(attrs), "item")
-    return build(users, items, times, attrs, names)
+    return build(users, items, times, attrs, names, source=str(path))
 
 
 def _read_json(path: Path) -> dict:
@@ -271,7 +271,7 @@ def read_interactions_csv(path: str | Path) -> Dataset:
             if attrs.setdefault(parts[1], ([parts[3]],)) != ([parts[3]],):
                 raise DataFormatError(f"{path}:{n}: item {parts[1]!r} has category {parts[3]!r} here "
                                       f"but {attrs[parts[1]][0][0]!r} earlier")
-    return build(users, items, times, attrs, ("category",) if has_category else ())
+    return build(users, items, times, attrs, ("category",) if has_category else (), source=str(path))
 
 
 def _is_number(text: str) -> bool:

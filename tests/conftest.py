@@ -8,3 +8,22 @@ settings.register_profile("dev", max_examples=20, **_common)
 settings.register_profile("ci", max_examples=100, **_common)
 settings.register_profile("thorough", max_examples=1000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+DATA = pathlib.Path(os.environ.get("MINDREF_DATA",
+                                  pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data():
+    """The real data folder (../shared/data or MINDREF_DATA). Missing: skip, except in CI,
+    where the data is always laid beside the checkout and its absence is a failure."""
+    if not (DATA / "ml-100k" / "u.data").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the shared data is missing at {DATA}")
+        pytest.skip(f"no shared data at {DATA} (set MINDREF_DATA)")
+    return DATA

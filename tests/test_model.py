@@ -124,8 +124,9 @@ def test_training_is_seeded_reproducible_and_learns():
     train, _, test = leave_one_out(ds, 20)
     cfg = M.MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes,
                        profile_sizes=ds.profile_sizes, dim=8, K=3, hidden=(16,), max_len=20, seed=5)
-    p1, losses = fit(cfg, ds, train, epochs=5, batch_size=64, num_neg=16)
-    p2, _ = fit(cfg, ds, train, epochs=5, batch_size=64, num_neg=16)
+    run = fit(cfg, ds, train, epochs=5, batch_size=64, num_neg=16)
+    p1, losses = run.params, run.losses
+    p2 = fit(cfg, ds, train, epochs=5, batch_size=64, num_neg=16).params
     for name in p1:
         np.testing.assert_array_equal(p1[name], p2[name])
     assert losses[-1] < losses[0] - 0.2
@@ -133,3 +134,16 @@ def test_training_is_seeded_reproducible_and_learns():
     unseen = ds.num_items - 1 - (test.hist != 0).sum(1)  # candidates left after excluding history
     random_hr10 = np.mean(10 / unseen)  # a random ranking's expected HitRate@10
     assert m["HR@10"] > 1.5 * random_hr10
+
+
+def test_multiple_interests_beat_one_on_planted_interests():
+    """Users mix 2-4 of 60 clusters; d = 12 cannot separate 60 directions in one vector, so
+    K = 4 must beat K = 1 (YouTube DNN) at HR@50. Measured over seeds 0-2: +0.07 to +0.12."""
+    ds = synthetic(num_users=600, num_clusters=60, items_per_cluster=20, seed=0)
+    train, _, test = leave_one_out(ds, 40)
+    hr = {}
+    for K in (1, 4):
+        cfg = M.MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                           dim=12, K=K, hidden=(32,), max_len=40, seed=0)
+        hr[K] = evaluate_model(fit(cfg, ds, train, epochs=4, num_neg=128).params, cfg, ds, test)["HR@50"]
+    assert hr[4] > hr[1] + 0.03

@@ -1,0 +1,69 @@
+"""Quality grid: baselines and MIND variants on real data, one JSON line per run.
+
+    python bench/quality.py --data ml-100k --out results-ml.jsonl      # the whole grid
+    python bench/quality.py --data beauty --only base K=1              # some variants
+
+Every MIND variant changes one setting of BASE; all use leave-one-out, full ranking, history
+excluded, seed 0. docs/results.md is made from these lines by bench/report.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load  # noqa: E402
+
+from mindref import baselines  # noqa: E402
+from mindref.data import leave_one_out  # noqa: E402
+from mindref.evaluate import evaluate  # noqa: E402
+from mindref.model import MINDConfig  # noqa: E402
+from mindref.train import evaluate_model, fit  # noqa: E402
+
+BASE = dict(dim=64, K=4, hidden=(64,), iterations=3, sigma=1.0, softmax_axis="interests", grad_mode="stop",
+            dynamic_k=True, attention="pow", p=2.0, max_len=50, seed=0)
+FIT = dict(epochs=10, batch_size=256, num_neg=256, lr=3e-3)
+VARIANTS = {
+    "base": {}, "K=1": {"K": 1}, "K=2": {"K": 2}, "K=8": {"K": 8},
+    "p=0": {"p": 0.0}, "p=1": {"p": 1.0}, "hard": {"attention": "hard"},
+    "axis=behaviours": {"softmax_axis": "behaviours"}, "grad=full": {"grad_mode": "full"},
+    "dynamic K off": {"dynamic_k": False}, "sigma=0.1": {"sigma": 0.1}, "sigma=5": {"sigma": 5.0},
+}
+BASELINES = ("MostPopular", "ItemCF", "WALS")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="ml-100k")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--only", nargs="*", help=f"a subset of {list(BASELINES) + list(VARIANTS)}")
+    args = ap.parse_args()
+    ds = load(args.data)
+    train, valid, test = leave_one_out(ds, BASE["max_len"])
+    todo = args.only or [*BASELINES, *VARIANTS]
+    R = baselines.interactions(train, len(ds.sequences), ds.num_items)
+    makers = {"MostPopular": lambda: baselines.MostPopular(train, ds.num_items),
+              "ItemCF": lambda: baselines.ItemCF(R), "WALS": lambda: baselines.WALS(R, dim=64)}
+    for name in todo:
+        t0 = time.perf_counter()
+        if name in BASELINES:
+            score = makers[name]()
+            row = {"valid": evaluate(score, valid, ds.num_items), "test": evaluate(score, test, ds.num_items)}
+        else:
+            cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes,
+                             profile_sizes=ds.profile_sizes, **{**BASE, **VARIANTS[name]})
+            state = fit(cfg, ds, train, **FIT)
+            row = {"config": VARIANTS[name], "fit": FIT, "losses": [round(x, 4) for x in state.losses],
+                   "valid": evaluate_model(state.params, cfg, ds, valid),
+                   "test": evaluate_model(state.params, cfg, ds, test)}
+        row = {"data": args.data, "model": name, "seconds": round(time.perf_counter() - t0), **row}
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{args.data} {name}: test HR@50 {row['test']['HR@50']:.4f} ({row['seconds']}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

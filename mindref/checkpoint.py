@@ -1,0 +1,130 @@
+"""Checkpoints: one folder with the parameters (params.npz) and a JSON manifest (config.json).
+
+config.json holds the schema version, the mindref version, the model config, the data spec and,
+for a resumable training checkpoint, the optimizer step, the RNG state and the losses so far; it
+also records the SHA-256 of params.npz, so a folder whose two files do not belong together is
+refused. Every file is written to a temporary name in the same folder, flushed and renamed into
+place (os.replace is atomic), config.json last: a crash mid-write leaves the previous checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .model import MINDConfig, init_params
+
+SCHEMA_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says which file and what is wrong."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write data to path via a temporary file and a rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(folder: str | Path, params: dict, cfg: MINDConfig, data: dict | None = None,
+         train: dict | None = None, optimizer: dict | None = None) -> Path:
+    """Write params (+ optimizer moments) and the manifest. optimizer: {"m": {...}, "v": {...}}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = dict(params)
+    for kind, moments in (optimizer or {}).items():
+        arrays.update({f"adam.{kind}.{k}": v for k, v in moments.items()})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    blob = buf.getvalue()
+    atomic_write(folder / "params.npz", blob)
+    manifest = {"schema_version": SCHEMA_VERSION, "mindref_version": __version__,
+                "params_sha256": hashlib.sha256(blob).hexdigest(), "config": _jsonable(cfg.to_dict()),
+                "data": data or {}, "train": train or {}}
+    atomic_write(folder / "config.json", json.dumps(manifest, indent=2).encode())
+    return folder
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def load(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | None]:
+    """(params, config, manifest, optimizer moments or None), every array checked against the
+    config's expected names, shapes and dtypes."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder / "config.json")
+    raw = (folder / "params.npz").read_bytes() if (folder / "params.npz").is_file() else None
+    if raw is None:
+        raise CheckpointError(f"{folder / 'params.npz'}: missing")
+    if hashlib.sha256(raw).hexdigest() != manifest.get("params_sha256"):
+        raise CheckpointError(f"{folder / 'params.npz'}: checksum differs from config.json "
+                              "(the file was changed, truncated or comes from another checkpoint)")
+    cfg = _config(manifest, folder)
+    try:
+        with np.load(io.BytesIO(raw)) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as err:  # a corrupt zip or array header
+        raise CheckpointError(f"{folder / 'params.npz'}: unreadable ({err})") from None
+    expected = init_params(cfg, dtype=_dtype(arrays))
+    params = {k: v for k, v in arrays.items() if not k.startswith("adam.")}
+    _compare(folder / "params.npz", params, expected)
+    optimizer = None
+    if any(k.startswith("adam.") for k in arrays):
+        optimizer = {kind: {k[len(f"adam.{kind}."):]: v for k, v in arrays.items()
+                            if k.startswith(f"adam.{kind}.")} for kind in ("m", "v")}
+        trainable = {k: v for k, v in expected.items() if k != "serving_logits"}
+        for kind, moments in optimizer.items():
+            _compare(folder / "params.npz", moments, trainable, f"Adam {kind} of ")
+    return params, cfg, manifest, optimizer
+
+
+def _read_manifest(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (is {path.parent} a mindref checkpoint?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise CheckpointError(f"{path}: schema version {version!r}, this mindref reads version "
+                              f"{SCHEMA_VERSION} (written by mindref {manifest.get('mindref_version', '?')})")
+    return manifest
+
+
+def _config(manifest: dict, folder: Path) -> MINDConfig:
+    raw = manifest.get("config")
+    try:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        return MINDConfig(**fields)
+    except (TypeError, AttributeError) as err:
+        raise CheckpointError(f"{folder / 'config.json'}: bad model config ({err})") from None
+
+
+def _dtype(arrays: dict):
+    return arrays["item_emb"].dtype if "item_emb" in arrays else np.float32
+
+
+def _compare(path: Path, got: dict, expected: dict, what: str = "") -> None:
+    problems = [f"missing {what}{k}" for k in expected if k not in got]
+    problems += [f"unexpected {what}{k}" for k in got if k not in expected]
+    problems += [f"{what}{k}: shape {list(got[k].shape)} {got[k].dtype}, expected "
+                 f"{list(v.shape)} {v.dtype}" for k, v in expected.items()
+                 if k in got and (got[k].shape != v.shape or got[k].dtype != v.dtype)]
+    problems += [f"{what}{k}: contains NaN or inf" for k in expected
+                 if k in got and not np.all(np.isfinite(got[k]))]
+    if problems:
+        raise CheckpointError(f"{path}: " + "; ".join(problems))

@@ -1,0 +1,105 @@
+"""The command line end to end on small synthetic data, checkpoints and resume."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mindref import checkpoint
+from mindref.cli import main
+from mindref.data import leave_one_out, synthetic
+from mindref.model import MINDConfig
+from mindref.train import fit, load_state, save_state
+
+SMALL = ["--data-format", "synthetic", "--users", "150", "--dim", "8", "--K", "3", "--hidden", "16",
+         "--max-len", "20", "--batch-size", "64", "--negatives", "16"]
+
+
+def small_run():
+    ds = synthetic(num_users=120, num_clusters=6, items_per_cluster=10, length=(8, 16), seed=1)
+    train, _, _ = leave_one_out(ds, 20)
+    cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                     dim=8, K=3, hidden=(16,), max_len=20, seed=2)
+    return ds, train, cfg
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    ds, train, cfg = small_run()
+    straight = fit(cfg, ds, train, epochs=4, batch_size=32, num_neg=8)
+    fit(cfg, ds, train, epochs=2, batch_size=32, num_neg=8,
+        on_epoch=lambda s: save_state(tmp_path, s, cfg, {}, {}))
+    state, cfg2, _ = load_state(tmp_path)
+    assert state.epoch == 2 and cfg2 == cfg
+    resumed = fit(cfg2, ds, train, epochs=4, batch_size=32, num_neg=8, state=state)
+    assert resumed.losses == straight.losses
+    for name, value in straight.params.items():
+        np.testing.assert_array_equal(resumed.params[name], value)
+
+
+def test_checkpoint_problems_are_named(tmp_path):
+    ds, train, cfg = small_run()
+    state = fit(cfg, ds, train, epochs=1, batch_size=64, num_neg=8)
+    save_state(tmp_path / "ok", state, cfg, {}, {})
+    params, cfg2, manifest, moments = checkpoint.load(tmp_path / "ok")
+    assert cfg2 == cfg and set(moments["m"]) == set(params) - {"serving_logits"}
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "ok", bad)
+    (bad / "params.npz").write_bytes((bad / "params.npz").read_bytes()[:-100])  # truncated
+    with pytest.raises(checkpoint.CheckpointError, match="params.npz: checksum differs"):
+        checkpoint.load(bad)
+
+    manifest_path = bad / "config.json"
+    shutil.copy(tmp_path / "ok" / "params.npz", bad / "params.npz")
+    m = json.loads(manifest_path.read_text())
+    m["schema_version"] = 99
+    manifest_path.write_text(json.dumps(m))
+    with pytest.raises(checkpoint.CheckpointError, match="schema version 99"):
+        checkpoint.load(bad)
+
+    m["schema_version"] = 1
+    m["config"]["dim"] = 9  # parameters no longer fit the config
+    manifest_path.write_text(json.dumps(m))
+    wrong_shape = r"item_emb: shape \[\d+, 8\] float32, expected \[\d+, 9\]"
+    with pytest.raises(checkpoint.CheckpointError, match=wrong_shape):
+        checkpoint.load(bad)
+    with pytest.raises(checkpoint.CheckpointError, match="config.json: missing"):
+        checkpoint.load(tmp_path / "nothing")
+
+
+def test_nan_parameters_are_refused(tmp_path):
+    ds, train, cfg = small_run()
+    state = fit(cfg, ds, train, epochs=1, batch_size=64, num_neg=8)
+    state.params["S"][0, 0] = np.nan
+    save_state(tmp_path, state, cfg, {}, {})
+    with pytest.raises(checkpoint.CheckpointError, match="S: contains NaN or inf"):
+        checkpoint.load(tmp_path)
+
+
+def test_train_then_evaluate_then_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["valid"]["HR@50"] > 0
+    assert main(["evaluate", "--model", str(out), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)["metrics"]
+    assert 0 <= m["NDCG@50"] <= m["HR@50"] <= m["HR@100"] <= 1
+    assert main(["train", *SMALL, "--epochs", "3", "--out", str(out)]) == 0
+    assert "resuming" in capsys.readouterr().out
+    _, _, manifest, _ = checkpoint.load(out)
+    assert manifest["train"]["epoch"] == 3
+
+
+def test_compare_prints_every_model(capsys):
+    assert main(["compare", *SMALL, "--epochs", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["test"]
+    assert set(rows) == {"MostPopular", "ItemCF", "WALS", "YouTube DNN (MIND K=1)", "MIND K=3"}
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path)]) == 2
+    assert "config.json: missing" in capsys.readouterr().err
+    assert main(["train", "--data-format", "ml-100k", "--data-path", str(tmp_path / "x"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", *SMALL, "--K", "0", "--out", str(tmp_path)])
