@@ -32,7 +32,7 @@ VARIANTS = {
     "axis=behaviours": {"softmax_axis": "behaviours"}, "grad=full": {"grad_mode": "full"},
     "dynamic K off": {"dynamic_k": False}, "sigma=0.1": {"sigma": 0.1}, "sigma=5": {"sigma": 5.0},
 }
-BASELINES = ("MostPopular", "ItemCF", "WALS")
+BASELINES = ("MostPopular", "ItemCF", "WALS", "MaxMF")
 
 
 def main() -> None:
@@ -46,7 +46,8 @@ def main() -> None:
     todo = args.only or [*BASELINES, *VARIANTS]
     R = baselines.interactions(train, len(ds.sequences), ds.num_items)
     makers = {"MostPopular": lambda: baselines.MostPopular(train, ds.num_items),
-              "ItemCF": lambda: baselines.ItemCF(R), "WALS": lambda: baselines.WALS(R, dim=64)}
+              "ItemCF": lambda: baselines.ItemCF(R), "WALS": lambda: baselines.WALS(R, dim=64),
+              "MaxMF": lambda: baselines.MaxMF(train, len(ds.sequences), ds.num_items, T=4, dim=64, **FIT)}
     for name in todo:
         t0 = time.perf_counter()
         if name in BASELINES:

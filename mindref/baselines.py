@@ -8,6 +8,7 @@ score(users, hist) -> [b, V] for evaluate.evaluate.
   minimise sum_{u,i} c_ui (p_ui - x_u . y_i)^2 + reg (|x|^2 + |y|^2), p = 1 on interactions,
   c = 1 + alpha there and 1 elsewhere. A user is scored from the history it is evaluated with
   (fold-in: one least-squares solve against the item factors), so it serves both protocols.
+- MaxMF (Weston et al. 2013): several free vectors per user, score max over them.
 - YouTube DNN is MIND with K = 1 (pooled behaviours + profile through the ReLU layers), trained
   by the same code (model.MINDConfig(K=1)).
 """
@@ -16,7 +17,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from .adam import Adam
 from .data import Examples
+from .samplers import LogUniformSampler
+from .softmax import masked_softmax
+from .sparse import RowSparseGrad, scatter_rows
 
 
 def interactions(train: Examples, num_users: int, num_items: int) -> sp.csr_matrix:
@@ -87,3 +92,64 @@ class WALS:
     def __call__(self, users: np.ndarray, hist: np.ndarray) -> np.ndarray:
         X = self._solve(history_matrix(hist, self.Y.shape[0]), self.Y)  # fold-in [b, d]
         return X @ self.Y.T
+
+
+class MaxMF:
+    """MaxMF (Weston, Bengio & Hamel 2013): T free vectors per user, score max_t u_t . y_i.
+
+    Trained here with the objective MIND uses (sampled softmax over shared log-uniform negatives
+    with logQ correction and accidental-hit removal, lazy Adam) instead of the original WARP
+    loss, so the comparison isolates the model. The gradient of the max reaches the winning
+    vector only. A user needs learned vectors: held-out users (strong generalisation) are refused.
+    """
+
+    def __init__(self, train: Examples, num_users: int, num_items: int, T: int = 4, dim: int = 64,
+                 epochs: int = 10, batch_size: int = 256, num_neg: int = 256, lr: float = 3e-3,
+                 seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.U = rng.normal(0, 0.1, (num_users, T, dim)).astype(np.float32)  # [users, T, d]
+        self.Y = rng.normal(0, 0.1, (num_items, dim)).astype(np.float32)  # [V, d]
+        self.Y[0] = 0
+        self.known = np.zeros(num_users, dtype=bool)
+        self.known[train.users] = True
+        params = {"U": self.U, "Y": self.Y}
+        opt = Adam(params, lr=lr)
+        sampler = LogUniformSampler.from_counts(np.bincount(train.target, minlength=num_items))
+        for _ in range(epochs):
+            order = rng.permutation(len(train.target))
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                neg = sampler.sample(rng, num_neg)
+                opt.step(params, self._grads(train.users[idx], train.target[idx], neg,
+                                             sampler.log_expected_count(train.target[idx], num_neg),
+                                             sampler.log_expected_count(neg, num_neg)))
+
+    def _grads(self, users, pos, neg, lq_pos, lq_neg) -> dict:
+        Ub = self.U[users]  # [b, T, d]
+        b, T, d = Ub.shape
+        s_pos = np.einsum("btd,bd->bt", Ub, self.Y[pos])  # [b, T]
+        s_neg = Ub @ self.Y[neg].T  # [b, T, S]
+        t_pos, t_neg = s_pos.argmax(1), s_neg.argmax(1)  # [b], [b, S]  the winning vectors
+        logits = np.concatenate([s_pos.max(1)[:, None] - lq_pos[:, None], s_neg.max(1) - lq_neg[None, :]], 1)
+        keep = np.ones(logits.shape, dtype=bool)
+        keep[:, 1:] = neg[None, :] != pos[:, None]  # accidental hits removed
+        g = masked_softmax(logits, keep, axis=1) / b  # [b, 1 + S]
+        g[:, 0] -= 1 / b  # d mean(-log p_pos) / d logits
+        d_pos, d_neg = g[:, 0], g[:, 1:]  # [b], [b, S]
+        dUb = np.zeros_like(Ub)  # [b, T, d]
+        dUb[np.arange(b), t_pos] += d_pos[:, None] * self.Y[pos]
+        dY_neg = np.zeros((len(neg), d), np.float32)
+        for t in range(T):  # each user vector takes the negatives it won
+            won = d_neg * (t_neg == t)  # [b, S]
+            dUb[:, t] += won @ self.Y[neg]
+            dY_neg += won.T @ Ub[:, t]
+        dY_pos = d_pos[:, None] * Ub[np.arange(b), t_pos]  # [b, d]
+        dU = scatter_rows(users, dUb.reshape(b, T * d), skip_padding=False)
+        return {"U": RowSparseGrad(dU.rows, dU.values.reshape(-1, T, d)),
+                "Y": scatter_rows(np.concatenate([pos, neg]), np.concatenate([dY_pos, dY_neg]))}
+
+    def __call__(self, users: np.ndarray, hist: np.ndarray) -> np.ndarray:
+        if not self.known[users].all():
+            raise ValueError("MaxMF scores only users it was trained on (use the loo protocol); "
+                             f"user {int(users[~self.known[users]][0])} has no learned vectors")
+        return (self.U[users] @ self.Y.T).max(1)  # [b, V]  max_t u_t . y_i

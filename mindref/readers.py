@@ -107,17 +107,22 @@ def build(users: list, items: list, times: list, attributes: dict | None = None,
                    item_labels, tuple([None] + raw_items), tuple(raw_users))
 
 
+def _ratings(path: Path, sep: str, encoding: str, names: tuple) -> tuple[list, list, list]:
+    """(users, items, times) of a MovieLens ratings file: user, item, rating, time per line."""
+    users, items, times = [], [], []
+    for n, text in _lines(path, encoding):
+        u, i, _, t = _fields(path, n, text, sep, 4, ", ".join(names) if sep == "\t" else sep.join(names))[:4]
+        users.append(_int(path, n, u, names[0])), items.append(_int(path, n, i, names[1]))
+        times.append(_int(path, n, t, names[3]))
+    return users, items, times
+
+
 def read_movielens_100k(folder: str | Path) -> Dataset:
     """MovieLens-100K: u.data (user item rating time, tab-separated), u.item ('|', latin-1, 19
     genre flags after 5 fields), u.user (id|age|gender|occupation|zip). Every rating is a
     behaviour (implicit feedback); ages are bucketed as in MovieLens-1M."""
     folder = Path(folder)
-    users, items, times = [], [], []
-    path = folder / "u.data"
-    for n, text in _lines(path):
-        u, i, _, t = _fields(path, n, text, "\t", 4, "user, item, rating, timestamp")[:4]
-        users.append(_int(path, n, u, "user")), items.append(_int(path, n, i, "item"))
-        times.append(_int(path, n, t, "timestamp"))
+    users, items, times = _ratings(folder / "u.data", "\t", "utf-8", ("user", "item", "rating", "timestamp"))
     attributes, labels = {}, {}
     path = folder / "u.item"
     for n, text in _lines(path, "latin-1"):
@@ -143,12 +148,8 @@ def read_movielens_1m(folder: str | Path) -> Dataset:
     """MovieLens-1M: ratings.dat (UserID::MovieID::Rating::Timestamp), movies.dat
     (MovieID::Title::Genre|Genre...), users.dat (UserID::Gender::Age::Occupation::Zip), latin-1."""
     folder = Path(folder)
-    users, items, times = [], [], []
-    path = folder / "ratings.dat"
-    for n, text in _lines(path, "latin-1"):
-        u, i, _, t = _fields(path, n, text, "::", 4, "UserID::MovieID::Rating::Timestamp")[:4]
-        users.append(_int(path, n, u, "UserID")), items.append(_int(path, n, i, "MovieID"))
-        times.append(_int(path, n, t, "Timestamp"))
+    users, items, times = _ratings(folder / "ratings.dat", "::", "latin-1",
+                                   ("UserID", "MovieID", "Rating", "Timestamp"))
     attributes, labels = {}, {}
     path = folder / "movies.dat"
     for n, text in _lines(path, "latin-1"):

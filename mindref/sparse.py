@@ -27,8 +27,8 @@ class RowSparseGrad(NamedTuple):
     values: np.ndarray
 
     def to_dense(self, num_rows: int) -> np.ndarray:
-        """The same gradient as a dense [num_rows, d] array (for tests and small tables)."""
-        dense = np.zeros((num_rows, self.values.shape[-1]), dtype=self.values.dtype)
+        """The same gradient as a dense [num_rows, ...] array (for tests and small tables)."""
+        dense = np.zeros((num_rows, *self.values.shape[1:]), dtype=self.values.dtype)
         dense[self.rows] = self.values
         return dense
 
