@@ -25,10 +25,11 @@ from mindref.data import leave_one_out  # noqa: E402
 from mindref.samplers import LogUniformSampler  # noqa: E402
 
 
-def step_flops(cfg: M.MINDConfig, B: int, L: int, S: int) -> float:
-    """Multiply-adds x 2 of one training step (forward + backward), the matrix products only."""
+def step_flops(cfg: M.MINDConfig, B: int, L: int, S: int, distinct: float) -> float:
+    """Multiply-adds x 2 of one training step (forward + backward), the matrix products only, as
+    executed: S e_i, dS and de once per distinct item of the batch (model.loss_forward)."""
     d, K, r = cfg.dim, cfg.K, cfg.iterations
-    e_hat = 2 * B * L * d * d * 3  # S e_i, then dS and de
+    e_hat = 2 * distinct * d * d * 3  # S e_i, then dS and de
     routed = r if cfg.grad_mode == "stop" else 3 * r  # backward through the last or every iteration
     routing = 2 * B * K * L * d * (r + (r - 1) + routed)  # z_j, logit updates, backward
     sizes = [d + cfg.profile_dim * len(cfg.profile_sizes), *cfg.hidden, d]
@@ -71,12 +72,15 @@ def main() -> None:
     profiles = ds.profiles[train.users]
     B, S = args.batch_size, args.neg_per_pos * args.batch_size
 
+    distinct = []
+
     def step() -> None:
         idx = rng.integers(0, len(train.target), B)
         batch = M.Batch(train.hist[idx], profiles[idx], train.target[idx])
         b0, neg, log_q = M.train_draws(rng, cfg, batch, sampler, S, np.float32)
         _, cache = M.loss_forward(params, cfg, ds.item_fields, batch, b0, neg, log_q)
         opt.step(params, M.loss_backward(cache))
+        distinct.append(len(cache.e_distinct))
 
     for _ in range(5):
         step()
@@ -87,14 +91,15 @@ def main() -> None:
             step()
         times.append((time.perf_counter() - t) / args.steps)
     per_step = float(np.median(times))
-    flops = step_flops(cfg, B, args.max_len, S)
+    flops = step_flops(cfg, B, args.max_len, S, float(np.mean(distinct)))
     peak = gemm_gflops()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     print(f"data={args.data} d={args.dim} K={args.K} L={args.max_len} batch={B} negatives={S} "
           f"grad_mode={args.grad_mode} ({len(train.target)} training examples, {cfg.num_items - 1} items)")
     print(f"training: {B / per_step:,.0f} samples/s ({per_step * 1e3:.1f} ms/step, median of {args.repeats})")
     print(f"peak memory (max RSS of the process): {rss:.2f} GiB")
-    print(f"step: {flops / 1e9:.3f} GFLOP -> {flops / per_step / 1e9:.1f} GFLOP/s; "
+    print(f"step: {flops / 1e9:.3f} GFLOP (S e_i on {np.mean(distinct):.0f} distinct items) -> "
+          f"{flops / per_step / 1e9:.1f} GFLOP/s; "
           f"NumPy float32 GEMM 1024^3: {peak:.1f} GFLOP/s; fraction {flops / per_step / 1e9 / peak:.1%}")
 
 

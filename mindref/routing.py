@@ -145,7 +145,7 @@ def route(
         raise ValueError("routing: a user has no valid behaviour (empty history)")
     if not capsule_mask.any(-1).all():
         raise ValueError("routing: a user has no valid capsule")
-    b = np.broadcast_to(b0, (B, K, L)).astype(e_hat.dtype)  # [B, K, L]
+    b = np.broadcast_to(b0, (B, K, L)).astype(e_hat.dtype)  # [B, K, L], a fresh copy
     mask = capsule_mask[:, :, None] & behaviour_mask[:, None, :]  # [B, K, L]
     axis = 1 if softmax_axis == "interests" else 2
     e_hat_T = e_hat.transpose(0, 2, 1)  # [B, d, L]
@@ -156,7 +156,7 @@ def route(
         u, sq = squash_forward(z)  # [B, K, d]  Eq. (7); 0 for masked capsules
         ws.append(w), caches.append(sq), us.append(u)
         if t < iterations - 1:
-            b = b + u @ e_hat_T  # [B, K, L]  Eq. (8)
+            b += u @ e_hat_T  # [B, K, L]  Eq. (8), in place: b is our copy
     return us[-1], RoutingCache(e_hat, mask, axis, grad_mode, tuple(ws), tuple(caches), tuple(us))
 
 
