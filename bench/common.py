@@ -9,10 +9,11 @@ from mindref.readers import read_movielens_100k, read_sequences
 DATA = Path(os.environ.get("MINDREF_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
-def load(name: str):
+def load(name: str, category: str = "last"):
+    """ml-100k or beauty (category: the rule for Beauty's item category, readers.read_sequences)."""
     if name == "ml-100k":
         return read_movielens_100k(DATA / "ml-100k")
     if name == "beauty":
         folder = DATA / "amazon-beauty"
-        return read_sequences(folder / "Beauty.txt", folder / "Beauty_item2attributes.json")
+        return read_sequences(folder / "Beauty.txt", folder / "Beauty_item2attributes.json", category)
     raise ValueError(f"unknown dataset {name!r}: ml-100k or beauty")

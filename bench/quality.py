@@ -40,8 +40,9 @@ def main() -> None:
     ap.add_argument("--data", default="ml-100k")
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", nargs="*", help=f"a subset of {list(BASELINES) + list(VARIANTS)}")
+    ap.add_argument("--category", default="last", help="Beauty's category rule: last|first|all|none")
     args = ap.parse_args()
-    ds = load(args.data)
+    ds = load(args.data, args.category)
     train, valid, test = leave_one_out(ds, BASE["max_len"])
     todo = args.only or [*BASELINES, *VARIANTS]
     R = baselines.interactions(train, len(ds.sequences), ds.num_items)
@@ -60,7 +61,8 @@ def main() -> None:
             row = {"config": VARIANTS[name], "fit": FIT, "losses": [round(x, 4) for x in state.losses],
                    "valid": evaluate_model(state.params, cfg, ds, valid),
                    "test": evaluate_model(state.params, cfg, ds, test)}
-        row = {"data": args.data, "model": name, "seconds": round(time.perf_counter() - t0), **row}
+        label = name if args.category == "last" else f"{name}, category={args.category}"
+        row = {"data": args.data, "model": label, "seconds": round(time.perf_counter() - t0), **row}
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{args.data} {name}: test HR@50 {row['test']['HR@50']:.4f} ({row['seconds']}s)", flush=True)

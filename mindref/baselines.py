@@ -19,8 +19,8 @@ import scipy.sparse as sp
 
 from .adam import Adam
 from .data import Examples
+from .max_score_loss import max_score_backward, max_score_forward
 from .samplers import LogUniformSampler
-from .softmax import masked_softmax
 from .sparse import RowSparseGrad, scatter_rows
 
 
@@ -125,25 +125,12 @@ class MaxMF:
                                              sampler.log_expected_count(neg, num_neg)))
 
     def _grads(self, users, pos, neg, lq_pos, lq_neg) -> dict:
+        """The max-score sampled softmax (max_score_loss) of a batch, as table gradients."""
         Ub = self.U[users]  # [b, T, d]
         b, T, d = Ub.shape
-        s_pos = np.einsum("btd,bd->bt", Ub, self.Y[pos])  # [b, T]
-        s_neg = Ub @ self.Y[neg].T  # [b, T, S]
-        t_pos, t_neg = s_pos.argmax(1), s_neg.argmax(1)  # [b], [b, S]  the winning vectors
-        logits = np.concatenate([s_pos.max(1)[:, None] - lq_pos[:, None], s_neg.max(1) - lq_neg[None, :]], 1)
-        keep = np.ones(logits.shape, dtype=bool)
-        keep[:, 1:] = neg[None, :] != pos[:, None]  # accidental hits removed
-        g = masked_softmax(logits, keep, axis=1) / b  # [b, 1 + S]
-        g[:, 0] -= 1 / b  # d mean(-log p_pos) / d logits
-        d_pos, d_neg = g[:, 0], g[:, 1:]  # [b], [b, S]
-        dUb = np.zeros_like(Ub)  # [b, T, d]
-        dUb[np.arange(b), t_pos] += d_pos[:, None] * self.Y[pos]
-        dY_neg = np.zeros((len(neg), d), np.float32)
-        for t in range(T):  # each user vector takes the negatives it won
-            won = d_neg * (t_neg == t)  # [b, S]
-            dUb[:, t] += won @ self.Y[neg]
-            dY_neg += won.T @ Ub[:, t]
-        dY_pos = d_pos[:, None] * Ub[np.arange(b), t_pos]  # [b, d]
+        _, cache = max_score_forward(Ub, np.ones((b, T), bool), self.Y[pos], self.Y[neg], pos, neg,
+                                     lq_pos, lq_neg)
+        dUb, dY_pos, dY_neg = max_score_backward(1.0, cache)
         dU = scatter_rows(users, dUb.reshape(b, T * d), skip_padding=False)
         return {"U": RowSparseGrad(dU.rows, dU.values.reshape(-1, T, d)),
                 "Y": scatter_rows(np.concatenate([pos, neg]), np.concatenate([dY_pos, dY_neg]))}

@@ -185,7 +185,8 @@ def _add_model(p, epochs: int = 10, dim: int = 64) -> None:
     g.add_argument("--softmax-axis", choices=SOFTMAX_AXES, default="interests")
     g.add_argument("--grad-mode", choices=GRAD_MODES, default="stop")
     g.add_argument("--no-dynamic-k", action="store_true", help="K interests for every user")
-    g.add_argument("--attention", choices=MODES, default="pow")
+    g.add_argument("--attention", choices=(*MODES, "max"), default="pow",
+                   help="label-aware attention mode (3.4), or 'max': score every candidate by Eq. (3)")
     g.add_argument("--p", type=float, default=2.0)
     g.add_argument("--epochs", type=int, default=epochs)
     g.add_argument("--batch-size", type=int, default=256)

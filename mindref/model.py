@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import attention, dense, embedding, routing, sampled_softmax
+from . import attention, dense, embedding, max_score_loss, routing, sampled_softmax
 from .samplers import Sampler
 from .sparse import RowSparseGrad, segment_sum, unique_ids
 
@@ -36,7 +36,7 @@ class MINDConfig:
     softmax_axis: str = "interests"
     grad_mode: str = "stop"
     dynamic_k: bool = True
-    attention: str = "pow"
+    attention: str = "pow"  # 'pow' | 'hard' | 'scaled' (3.4), or 'max': max_score_loss (not the paper's)
     p: float = 2.0
     max_len: int = 50  # L
     seed: int = 0  # parameter init and the stored serving draw of the routing logits
@@ -154,8 +154,8 @@ class LossCache(NamedTuple):
     S: np.ndarray  # [d, d]
     inverse: np.ndarray  # [B L + B + S] position of each id among the distinct ones
     tower: TowerCache
-    att: attention.AttentionCache
-    loss: sampled_softmax.SampledSoftmaxCache
+    att: attention.AttentionCache | None  # None with attention='max'
+    loss: sampled_softmax.SampledSoftmaxCache | max_score_loss.MaxScoreCache
 
 
 def loss_forward(params: dict, cfg: MINDConfig, item_fields: tuple, batch: Batch, b0: np.ndarray,
@@ -172,8 +172,12 @@ def loss_forward(params: dict, cfg: MINDConfig, item_fields: tuple, batch: Batch
     e_other = e_d[inverse[B * L:]]  # [B + S, d]
     e_t, e_n = e_other[:B], e_other[B:]  # [B, d], [S, d]
     V, tcache = user_tower_forward(params, cfg, e_hat, batch.hist != 0, batch.profile, b0)
-    v, acache = attention.attention_forward(V, e_t, tcache.capsule_mask, cfg.p, cfg.attention)
     lq_pos, lq_neg = log_q if log_q is not None else (None, None)
+    if cfg.attention == "max":  # every candidate scored by Eq. (3)
+        loss, lcache = max_score_loss.max_score_forward(V, tcache.capsule_mask, e_t, e_n, batch.target,
+                                                        neg_ids, lq_pos, lq_neg)
+        return loss, LossCache(icache, e_d, params["S"], inverse, tcache, None, lcache)
+    v, acache = attention.attention_forward(V, e_t, tcache.capsule_mask, cfg.p, cfg.attention)
     loss, lcache = sampled_softmax.sampled_softmax_forward(v, e_t, e_n, batch.target, neg_ids,
                                                            lq_pos, lq_neg)
     return loss, LossCache(icache, e_d, params["S"], inverse, tcache, acache, lcache)
@@ -181,8 +185,12 @@ def loss_forward(params: dict, cfg: MINDConfig, item_fields: tuple, batch: Batch
 
 def loss_backward(cache: LossCache) -> dict:
     """Gradients of every parameter: dense arrays, and RowSparseGrad for the tables."""
-    dv, de_t, de_n = sampled_softmax.sampled_softmax_backward(1.0, cache.loss)
-    dV, de_att = attention.attention_backward(dv, cache.att)
+    if cache.att is None:
+        dV, de_t, de_n = max_score_loss.max_score_backward(1.0, cache.loss)
+        de_att = 0
+    else:
+        dv, de_t, de_n = sampled_softmax.sampled_softmax_backward(1.0, cache.loss)
+        dV, de_att = attention.attention_backward(dv, cache.att)
     grads, de_hat = user_tower_backward(dV, cache.tower)
     d, n, BL = de_hat.shape[-1], cache.e_distinct.shape[0], de_hat.shape[0] * de_hat.shape[1]
     de_hat_d = segment_sum(cache.inverse[:BL], de_hat.reshape(BL, d), n)  # [n, d] per item

@@ -51,8 +51,20 @@ def sampled_softmax_forward(
         raise ValueError("sampled softmax: give both log_q_pos and log_q_neg, or neither")
     o_pos = np.sum(v * e_pos, axis=1)  # [B]
     o_neg = v @ e_neg.T  # [B, S]
+    loss, prob_pos, prob_neg = candidate_softmax(o_pos, o_neg, pos_ids, neg_ids, log_q_pos, log_q_neg,
+                                                 remove_accidental_hits)
+    return loss, SampledSoftmaxCache(v, e_pos, e_neg, prob_pos, prob_neg)
+
+
+def candidate_softmax(o_pos: np.ndarray, o_neg: np.ndarray, pos_ids: np.ndarray, neg_ids: np.ndarray,
+                      log_q_pos: np.ndarray | None = None, log_q_neg: np.ndarray | None = None,
+                      remove_accidental_hits: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean -log softmax of the positive among (positive, S negatives), given their scores.
+
+    o_pos [B], o_neg [B, S] (o_neg is overwritten). Returns (loss, prob_pos [B], prob_neg [B, S]).
+    """
     if log_q_pos is not None:
-        o_pos -= log_q_pos  # logQ correction
+        o_pos = o_pos - log_q_pos  # logQ correction
         o_neg -= log_q_neg[None, :]
     if remove_accidental_hits:
         np.putmask(o_neg, neg_ids[None, :] == pos_ids[:, None], -np.inf)  # hit: no mass
@@ -62,7 +74,7 @@ def sampled_softmax_forward(
     Z = ex_pos + ex_neg.sum(axis=1)  # [B]
     loss = np.mean(np.log(Z) - (o_pos - m))  # Eq. (11) as a mean of -log Pr(i|u), Eq. (10)
     ex_neg /= Z[:, None]
-    return float(loss), SampledSoftmaxCache(v, e_pos, e_neg, ex_pos / Z, ex_neg)
+    return float(loss), ex_pos / Z, ex_neg
 
 
 def sampled_softmax_backward(

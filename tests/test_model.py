@@ -33,6 +33,7 @@ def tiny_batch(rng):
     dict(attention="pow", p=1.0, softmax_axis="behaviours"),
     dict(attention="scaled", p=3.0, dynamic_k=False),
     dict(attention="pow", p=0.0, grad_mode="stop", iterations=1),  # r = 1: stop == full
+    dict(attention="max"),  # every candidate scored by Eq. (3)
 ])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_whole_model_gradient(overrides, seed):
@@ -147,3 +148,5 @@ def test_multiple_interests_beat_one_on_planted_interests():
                            dim=12, K=K, hidden=(32,), max_len=40, seed=0)
         hr[K] = evaluate_model(fit(cfg, ds, train, epochs=4, num_neg=128).params, cfg, ds, test)["HR@50"]
     assert hr[4] > hr[1] + 0.03
+
+
