@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 COLUMNS = ("HR@10", "HR@50", "HR@100", "Recall@50", "NDCG@50")
 
@@ -22,7 +23,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     for path in sys.argv[1:]:
         rows = [json.loads(line) for line in open(path) if line.strip()]
-        print(f"### {rows[0]['data']}\n\n{table(rows)}\n")
+        print(f"### {Path(path).stem}\n\n{table(rows)}\n")
 
 
 if __name__ == "__main__":

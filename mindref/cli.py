@@ -181,12 +181,13 @@ def _add_model(p, epochs: int = 10, dim: int = 64) -> None:
     g.add_argument("--hidden", type=int, nargs="*", default=[64], help="ReLU layer sizes")
     g.add_argument("--max-len", type=int, default=50)
     g.add_argument("--iterations", type=int, default=3)
-    g.add_argument("--sigma", type=float, default=1.0)
+    g.add_argument("--sigma", type=float, default=1.0, help="std of the initial routing logits")
     g.add_argument("--softmax-axis", choices=SOFTMAX_AXES, default="interests")
     g.add_argument("--grad-mode", choices=GRAD_MODES, default="stop")
     g.add_argument("--no-dynamic-k", action="store_true", help="K interests for every user")
-    g.add_argument("--attention", choices=(*MODES, "max"), default="pow",
-                   help="label-aware attention mode (3.4), or 'max': score every candidate by Eq. (3)")
+    g.add_argument("--attention", choices=(*MODES, "max"), default="max",
+                   help="'max' (default, measured best): score every candidate by Eq. (3) in the loss; "
+                        "'pow' with --p 2 --sigma 1 is the paper's label-aware attention (3.4)")
     g.add_argument("--p", type=float, default=2.0)
     g.add_argument("--epochs", type=int, default=epochs)
     g.add_argument("--batch-size", type=int, default=256)

@@ -32,11 +32,13 @@ class MINDConfig:
     K: int = 4  # interests
     hidden: tuple = (64,)  # ReLU layers between the capsules and the output layer
     iterations: int = 3  # routing iterations r
-    sigma: float = 1.0  # std of the initial routing logits
+    sigma: float = 1.0  # std of the initial routing logits (docs/results.md)
     softmax_axis: str = "interests"
     grad_mode: str = "stop"
     dynamic_k: bool = True
-    attention: str = "pow"  # 'pow' | 'hard' | 'scaled' (3.4), or 'max': max_score_loss (not the paper's)
+    # 'pow' | 'hard' | 'scaled': label-aware attention (3.4); 'max': every candidate scored by Eq. (3)
+    # (max_score_loss, not the paper's training; measured best, docs/results.md). The paper: 'pow', p = 2.
+    attention: str = "max"
     p: float = 2.0
     max_len: int = 50  # L
     seed: int = 0  # parameter init and the stored serving draw of the routing logits
