@@ -10,7 +10,8 @@ DATA = Path(os.environ.get("MINDREF_DATA", Path(__file__).resolve().parents[1].p
 
 
 def load(name: str, category: str = "last"):
-    """ml-100k or beauty (category: the rule for Beauty's item category, readers.read_sequences)."""
+    """ml-100k or beauty (category: the rule for Beauty's item category, readers.read_sequences;
+    'last' here, as the published grid in docs/results.md was run; the library's default is 'all')."""
     if name == "ml-100k":
         return read_movielens_100k(DATA / "ml-100k")
     if name == "beauty":

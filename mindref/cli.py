@@ -168,7 +168,7 @@ def _add_data(p, fmt: str = "ml-100k") -> None:
     g.add_argument("--data-path", type=Path, help="file or folder (default: $MINDREF_DATA/...)")
     g.add_argument("--protocol", choices=PROTOCOLS, default="loo",
                    help="loo: leave-one-out next item; strong: ComiRec's held-out users")
-    g.add_argument("--category", default="last", help="sequences format: last|first|all|none")
+    g.add_argument("--category", default="all", help="sequences format: all|last|first|none")
     g.add_argument("--comirec-name", default="book")
     g.add_argument("--users", type=int, default=2000, help="synthetic format: number of users")
     g.add_argument("--seed", type=int, default=0)

@@ -40,7 +40,7 @@ def load_dataset(spec: dict) -> tuple[Dataset, dict]:
         return readers.read_movielens_1m(path), {}
     if fmt == "sequences":
         attributes = spec.get("attributes") or _sibling_json(path)
-        return readers.read_sequences(path, attributes, spec.get("category", "last")), {}
+        return readers.read_sequences(path, attributes, spec.get("category", "all")), {}
     if fmt == "comirec":
         return readers.read_comirec(path, spec.get("name", "book"))
     return readers.read_interactions_csv(path), {}
