@@ -53,8 +53,8 @@ def metrics(hit: np.ndarray, counts: np.ndarray, cutoffs=CUTOFFS) -> dict[str, f
     gains = 1 / np.log2(np.arange(hit.shape[1]) + 2)  # [n_max]
     out = {}
     for n in cutoffs:
-        h = hit[:, :n]
-        ideal = np.cumsum(gains[:n])[np.minimum(counts, n) - 1]
+        h = hit[:, :n]  # fewer than n columns when the catalog is smaller than n
+        ideal = np.cumsum(gains[:n])[np.minimum(counts, h.shape[1]) - 1]
         out[f"HR@{n}"] = float(h.any(1).mean())  # Eq. (12)
         out[f"Recall@{n}"] = float((h.sum(1) / counts).mean())
         out[f"NDCG@{n}"] = float(((h * gains[:n]).sum(1) / ideal).mean())

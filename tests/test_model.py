@@ -115,6 +115,16 @@ def test_eq3_ranking_and_history_exclusion():
     assert m["NDCG@2"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
 
 
+def test_cutoffs_beyond_a_tiny_catalog():
+    """3 items, cutoff 10, a case with 3 targets: every metric is 1, nothing indexes past the end."""
+    top = top_n(np.array([[0.0, 3.0, 2.0, 1.0]]), np.zeros((1, 1), np.int64), 10)
+    np.testing.assert_array_equal(top, [[1, 2, 3]])
+    h, c = hits(top, [np.array([1, 2, 3])], 4)
+    m = metrics(h, c, cutoffs=(2, 10))
+    assert m["HR@10"] == m["Recall@10"] == 1 and m["NDCG@10"] == pytest.approx(1.0)
+    assert m["Recall@2"] == pytest.approx(2 / 3)
+
+
 def test_ties_break_to_the_lower_id():
     top = top_n(np.array([[0.0, 1.0, 2.0, 2.0, 1.0]]), np.zeros((1, 1), np.int64), 4)
     np.testing.assert_array_equal(top, [[2, 3, 1, 4]])
