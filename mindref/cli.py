@@ -82,17 +82,16 @@ def _table(rows: dict) -> str:
 
 def cmd_train(args) -> int:
     out = Path(args.out)
-    spec, fit_args = _data_spec(args), _fit_args(args)
-    ds, splits = load_dataset(spec)
-    train, valid, _ = split(ds, spec, splits)
     state = None
-    if (out / "config.json").exists():
+    if (out / "config.json").exists():  # resume with the run's own data spec and fit arguments
         state, cfg, manifest = load_state(out)
         spec, fit_args = manifest["data"], {**manifest["train"]["fit"], "epochs": args.epochs}
-        ds, splits = load_dataset(spec)
-        train, valid, _ = split(ds, spec, splits)
         print(f"resuming {out} after epoch {state.epoch}")
     else:
+        spec, fit_args = _data_spec(args), _fit_args(args)
+    ds, splits = load_dataset(spec)
+    train, valid, _ = split(ds, spec, splits)
+    if state is None:
         cfg = _config(args, ds)
     state, seconds = _train(cfg, ds, train, fit_args, f"train K={cfg.K}", state,
                             on_epoch=lambda s: save_state(out, s, cfg, spec, fit_args))

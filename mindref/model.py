@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import attention, dense, embedding, max_score_loss, routing, sampled_softmax
+from .checks import check_ids
 from .samplers import Sampler
 from .sparse import RowSparseGrad, segment_sum, unique_ids
 
@@ -45,11 +46,6 @@ class MINDConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def item_tables(cfg: MINDConfig) -> list[str]:
-    """Parameter names of the item function's tables: the item id, then each side field."""
-    return ["item_emb"] + [f"field_emb_{f}" for f in range(len(cfg.field_sizes))]
 
 
 def init_params(cfg: MINDConfig, dtype=np.float32) -> dict[str, np.ndarray]:
@@ -98,6 +94,16 @@ def item_forward(params: dict, item_fields: tuple, ids: np.ndarray) -> tuple[np.
 
 def item_backward(de: np.ndarray, cache: ItemCache) -> dict[str, RowSparseGrad]:
     return dict(zip(cache.names, embedding.item_embedding_backward(de, cache.emb)))
+
+
+def distinct_items(params: dict, item_fields: tuple, ids: np.ndarray, num_items: int
+                   ) -> tuple[np.ndarray, np.ndarray, ItemCache, np.ndarray]:
+    """f_item and the bilinear map S e_i (Eq. 8) depend on the item alone, so both are computed
+    once per distinct id of ids [N] and gathered by the caller (the same function, fewer rows).
+    Returns e [n, d], S e [n, d], the item cache and the position of each id among the n."""
+    distinct, inverse = unique_ids(ids, num_items)
+    e_d, icache = item_forward(params, item_fields, distinct)  # [n, d]
+    return e_d, e_d @ params["S"].T, icache, inverse
 
 
 class TowerCache(NamedTuple):
@@ -162,15 +168,11 @@ class LossCache(NamedTuple):
 
 def loss_forward(params: dict, cfg: MINDConfig, item_fields: tuple, batch: Batch, b0: np.ndarray,
                  neg_ids: np.ndarray, log_q: tuple | None) -> tuple[float, LossCache]:
-    """The training loss for fixed random draws (routing logits b0, negatives neg_ids).
-
-    f_item and the bilinear map S e_i (Eq. 8) depend on the item alone, so both are computed
-    once per distinct item of the batch and gathered (the same function, far fewer rows)."""
+    """The training loss for fixed random draws (routing logits b0, negatives neg_ids)."""
     B, L = batch.hist.shape
     ids = np.concatenate([batch.hist.reshape(-1), batch.target, neg_ids])  # [B L + B + S]
-    distinct, inverse = unique_ids(ids, cfg.num_items)
-    e_d, icache = item_forward(params, item_fields, distinct)  # [n, d]  f_item once per item
-    e_hat = (e_d @ params["S"].T)[inverse[: B * L]].reshape(B, L, -1)  # [B, L, d]  S e_i, Eq. (8)
+    e_d, e_hat_d, icache, inverse = distinct_items(params, item_fields, ids, cfg.num_items)
+    e_hat = e_hat_d[inverse[: B * L]].reshape(B, L, -1)  # [B, L, d]  S e_i, Eq. (8)
     e_other = e_d[inverse[B * L:]]  # [B + S, d]
     e_t, e_n = e_other[:B], e_other[B:]  # [B, d], [S, d]
     V, tcache = user_tower_forward(params, cfg, e_hat, batch.hist != 0, batch.profile, b0)
@@ -221,10 +223,18 @@ def serving_logits(params: dict, L: int) -> np.ndarray:
     return stored[:, :L]
 
 
-def user_vectors(params: dict, cfg: MINDConfig, item_fields: tuple, hist: np.ndarray,
-                 profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Serving (3.5): V_u [B, K, d] and the interest mask [B, K]. Deterministic."""
-    e, _ = item_forward(params, item_fields, hist)  # [B, L, d]
-    V, cache = user_tower_forward(params, cfg, e @ params["S"].T, hist != 0, profile,
+def serving_tower(params: dict, cfg: MINDConfig, e_hat: np.ndarray, hist: np.ndarray,
+                  profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """V_u [B, K, d] and the interest mask [B, K] from the mapped behaviours e_hat = S e_i
+    [B, L, d] of hist [B, L], with the stored routing-logit draw. Deterministic."""
+    V, cache = user_tower_forward(params, cfg, e_hat, hist != 0, profile,
                                   serving_logits(params, hist.shape[1]))
     return V, cache.capsule_mask
+
+
+def user_vectors(params: dict, cfg: MINDConfig, item_fields: tuple, hist: np.ndarray,
+                 profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Serving (3.5): V_u [B, K, d] and the interest mask [B, K] of histories hist [B, L]."""
+    hist = check_ids("history", hist, cfg.num_items)
+    _, e_hat_d, _, inverse = distinct_items(params, item_fields, hist.reshape(-1), cfg.num_items)
+    return serving_tower(params, cfg, e_hat_d[inverse].reshape(*hist.shape, -1), hist, profile)

@@ -72,9 +72,10 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
 def scorer(params: dict, cfg: M.MINDConfig, ds: Dataset) -> Callable:
     """score(users, hist) -> [b, V] by Eq. (3) with the serving user tower (no randomness)."""
     E, _ = M.item_forward(params, ds.item_fields, np.arange(cfg.num_items))  # [V, d]
+    E_hat = E @ params["S"].T  # [V, d]  S e_i of every item, once (row 0: padding, 0)
 
     def score(users: np.ndarray, hist: np.ndarray) -> np.ndarray:
-        V, cmask = M.user_vectors(params, cfg, ds.item_fields, hist, ds.profiles[users])
+        V, cmask = M.serving_tower(params, cfg, E_hat[hist], hist, ds.profiles[users])
         return max_scores(V, cmask, E)
 
     return score

@@ -8,7 +8,7 @@ from mindref.data import leave_one_out, synthetic
 from mindref.evaluate import hits, max_scores, metrics, top_n
 from mindref.samplers import LogUniformSampler
 from mindref.sparse import RowSparseGrad
-from mindref.train import evaluate_model, fit
+from mindref.train import evaluate_model, fit, scorer
 
 from gradcheck import assert_gradient
 
@@ -96,6 +96,8 @@ def test_serving_vectors_are_deterministic_and_ignore_padding():
     np.testing.assert_array_equal(V1[~m1], 0.0)
     with pytest.raises(ValueError, match="exceeds the trained maximum"):
         M.user_vectors(params, cfg, ITEM_FIELDS, np.ones((1, 6), np.int64), prof)
+    with pytest.raises(ValueError, match=r"history: id 7 is outside the table's range \[0, 7\)"):
+        M.user_vectors(params, cfg, ITEM_FIELDS, np.array([[1, 7, 0, 0, 0]]), prof)
 
 
 def test_eq3_ranking_and_history_exclusion():
@@ -161,3 +163,16 @@ def test_multiple_interests_beat_one_on_planted_interests():
     assert hr[4] > hr[1] + 0.03
 
 
+
+
+def test_scorer_equals_eq3_over_user_vectors():
+    """train.scorer maps the whole item table once; it must score exactly as user_vectors + Eq. (3)."""
+    ds = synthetic(num_users=40, num_clusters=6, items_per_cluster=10, length=(8, 16), seed=2)
+    _, _, test = leave_one_out(ds, 20)
+    cfg = M.MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                       dim=8, K=3, hidden=(16,), max_len=20, seed=3)
+    params = M.init_params(cfg)
+    E, _ = M.item_forward(params, ds.item_fields, np.arange(cfg.num_items))
+    V, cmask = M.user_vectors(params, cfg, ds.item_fields, test.hist, ds.profiles[test.users])
+    np.testing.assert_allclose(scorer(params, cfg, ds)(test.users, test.hist), max_scores(V, cmask, E),
+                               rtol=1e-5, atol=1e-6)
