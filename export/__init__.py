@@ -1,5 +1,15 @@
-"""mindref.export: the serving side of MIND (ONNX user tower, onnxruntime, Annoy retrieval).
+"""mindref.export: serving MIND (3.5). The user tower as ONNX (onnx.helper, pinned IR and opset),
+run by onnxruntime (CUDA when it really loads, else the CPU); multi-interest retrieval with Annoy
+merged by Eq. (3); bundles with checksums; serving from raw ids and `explain`.
 
-Installed as the subpackage `mindref.export` (pyproject.toml, [tool.setuptools.package-dir]).
-Its modules need the `export` extra: pip install "mindref[export]".
+Needs the export extra: pip install 'mindref[export]'.
 """
+from .bundle import Bundle, BundleError, export_bundle, load_bundle
+from .retrieval import Retrieved, Retriever, build_annoy, eq3
+from .runtime import TowerOutput, TowerSession, check_request, make_session
+from .serve import describe, encode, explain, recommend, recommend_stream
+from .tower import IR_VERSION, OPSET, build_tower
+
+__all__ = ["IR_VERSION", "OPSET", "Bundle", "BundleError", "Retrieved", "Retriever", "TowerOutput",
+           "TowerSession", "build_annoy", "build_tower", "check_request", "describe", "encode", "eq3",
+           "explain", "export_bundle", "load_bundle", "make_session", "recommend", "recommend_stream"]

@@ -4,6 +4,10 @@
     mindref train --data-format ml-100k --out runs/ml   train (resumes when --out holds a run)
     mindref evaluate --model runs/ml --json         full-ranking metrics of a trained model
     mindref compare --data-format ml-100k           every baseline and MIND in one table
+    mindref export --model runs/ml --out bundle     ONNX user tower + item vectors + Annoy index
+    mindref retrieve --bundle bundle --history 50,172,181 -n 20    top items of one user
+    mindref retrieve --bundle bundle --users req.jsonl --out res.jsonl    a file of users
+    mindref explain --bundle bundle --history 50,172,181     one user's interests, readable
 """
 from __future__ import annotations
 
@@ -40,6 +44,24 @@ def _progress(total_steps: int, desc: str, batch_size: int):
         bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", samples_s=f"{rate:,.0f}", refresh=False)
 
     return update, bar.close
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, desc: str, unit: str):
+    """A plain tqdm bar (users/s) when tqdm is installed and stderr is a terminal."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=None,
+                mininterval=0.5)
 
 
 def _data_spec(args) -> dict:
@@ -161,6 +183,77 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _serving():
+    """mindref.export, or a clear error when the serving extra is not installed."""
+    try:
+        from . import export
+    except ImportError as err:
+        raise OSError(f"serving needs the export extra: pip install 'mindref[export]' ({err})") from None
+    return export
+
+
+def cmd_export(args) -> int:
+    export = _serving()
+    params, cfg, manifest, _ = checkpoint.load(args.model)
+    ds, _ = load_dataset(manifest.get("data") or {})
+    out = export.export_bundle(args.out, params, cfg, ds, args.trees, args.seed, args.force)
+    print(f"bundle {out}: tower.onnx (IR {export.IR_VERSION}, opset {export.OPSET}), "
+          f"{cfg.num_items - 1:,} item vectors, Annoy index with {args.trees} trees")
+    return 0
+
+
+def _split_ids(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",")] if text else []
+
+
+def _bundle(args):
+    return _serving().load_bundle(args.bundle, args.provider, oversample=args.oversample,
+                                  search_k=args.search_k)
+
+
+def cmd_retrieve(args) -> int:
+    export = _serving()
+    bundle = _bundle(args)
+    if args.users:
+        return _retrieve_file(export, bundle, args)
+    if not args.history:
+        raise ValueError("give --history ID,ID,... or --users FILE")
+    res = export.recommend(bundle, [_split_ids(args.history)],
+                           [_split_ids(args.profile)] if args.profile else None, args.n, args.exact,
+                           not args.include_history)[0]
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    for rank, (item, score, k) in enumerate(zip(res["items"], res["scores"], res["interest"]), 1):
+        label = export.describe(bundle, bundle.item_id(item))
+        print(f"{rank:>4d}  {score:8.3f}  interest {k + 1}  {item:>8}  {label}")
+    return 0
+
+
+def _retrieve_file(export, bundle, args) -> int:
+    if not args.out:
+        raise ValueError("--users needs --out FILE")
+    out, tmp = Path(args.out), Path(args.out).with_name(f".{Path(args.out).name}.part")
+    with open(args.users, encoding="utf-8") as src:
+        total = sum(1 for line in src if line.strip())
+    bar = _bar(total, "retrieve", "user")
+    with open(args.users, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+        for res in export.recommend_stream(bundle, src, args.n, args.batch_size, args.exact):
+            dst.write(json.dumps(res) + "\n")
+            bar.update(1)
+    bar.close()
+    tmp.replace(out)  # complete results or none under the final name
+    print(f"{total:,} users -> {out} ({bundle.tower.provider})", file=sys.stderr)
+    return 0
+
+
+def cmd_explain(args) -> int:
+    export = _serving()
+    bundle = _bundle(args)
+    print(export.explain(bundle, _split_ids(args.history), _split_ids(args.profile) or None, args.n))
+    return 0
+
+
 def _add_data(p, fmt: str = "ml-100k") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-format", choices=FORMATS, default=fmt)
@@ -221,23 +314,50 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", nargs="*", default=(), choices=("MostPopular", "ItemCF", "WALS", "MaxMF"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("export", help="a serving bundle: ONNX user tower, item vectors, Annoy index")
+    p.add_argument("--model", required=True, type=Path, help="checkpoint folder (mindref train --out)")
+    p.add_argument("--out", required=True, type=Path, help="bundle folder")
+    p.add_argument("--trees", type=int, default=50, help="Annoy trees (docs/results.md)")
+    p.add_argument("--seed", type=int, default=0, help="Annoy's seed")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.set_defaults(func=cmd_export)
+    for name, help_text in (("retrieve", "top-N items of a user (--history) or of a file of users (--users)"),
+                            ("explain", "one user's interest capsules: routed behaviours, retrieved items")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--bundle", required=True, type=Path)
+        p.add_argument("--history", help="raw item ids, oldest first, comma-separated")
+        p.add_argument("--profile", help="raw profile values in the bundle's order, comma-separated")
+        p.add_argument("-n", type=int, default=50 if name == "retrieve" else 10)
+        p.add_argument("--provider", choices=("auto", "cuda", "cpu"), default="auto")
+        p.add_argument("--oversample", type=int, default=2,
+                       help="Annoy candidates per interest: oversample * n")
+        p.add_argument("--search-k", type=int, default=-1, help="Annoy search_k (-1: trees*n)")
+        p.set_defaults(func=cmd_retrieve if name == "retrieve" else cmd_explain)
+        if name == "retrieve":
+            p.add_argument("--users", type=Path, help='JSON lines {"user":..,"history":[..],"profile":[..]}')
+            p.add_argument("--out", type=Path, help="JSON lines of results (with --users)")
+            p.add_argument("--batch-size", type=int, default=1024)
+            p.add_argument("--exact", action="store_true", help="brute-force Eq. (3) over every item")
+            p.add_argument("--include-history", action="store_true")
+            p.add_argument("--json", action="store_true")
     return ap
 
 
-POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "negatives", "users")
+POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "negatives", "users", "n", "trees",
+            "oversample")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     for name in POSITIVE:
-        if getattr(args, name, 1) < 1:
+        if isinstance(getattr(args, name, None), int) and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if getattr(args, "lr", 1) <= 0 or getattr(args, "sigma", 0) < 0:
         ap.error("--lr must be > 0 and --sigma >= 0")
     try:
         return args.func(args)
-    except (OSError, ValueError, FloatingPointError) as err:  # data, checkpoint and config errors
+    except (OSError, ValueError, RuntimeError, FloatingPointError) as err:  # data, checkpoint, config
         print(f"mindref {args.command}: error: {err}", file=sys.stderr)
         return 2
 

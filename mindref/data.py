@@ -20,6 +20,8 @@ class Dataset(NamedTuple):
     item_labels: tuple = ()  # optional human-readable name of each item id (titles)
     raw_item_ids: tuple = ()  # optional original id of each item id
     raw_user_ids: tuple = ()  # optional original id of each user index
+    field_labels: tuple = ()  # optional, per side field: the name of each id (0: "")
+    profile_labels: tuple = ()  # optional, per profile field: the raw value of each id (0: "")
 
     @property
     def num_items(self) -> int:

@@ -28,7 +28,8 @@ def max_scores(V: np.ndarray, capsule_mask: np.ndarray, E: np.ndarray) -> np.nda
 
 def top_n(scores: np.ndarray, hist: np.ndarray, n: int, exclude_history: bool = True) -> np.ndarray:
     """[B, n] item ids by descending score (ties: lower id first), padding and (by default)
-    the history excluded. scores [B, V] over all ids."""
+    the history excluded. scores [B, V] over all ids. Where fewer than n items remain, the
+    slots left over hold 0 (the padding id, which is never a target)."""
     scores = scores.copy()
     scores[:, 0] = -np.inf  # padding is no item
     if exclude_history:
@@ -36,7 +37,9 @@ def top_n(scores: np.ndarray, hist: np.ndarray, n: int, exclude_history: bool = 
     n = min(n, scores.shape[1] - 1)
     part = np.argpartition(-scores, n - 1, axis=1)[:, :n]  # [B, n] unordered
     key = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
-    return np.take_along_axis(part, key, 1)
+    top = np.take_along_axis(part, key, 1)
+    top[np.take_along_axis(scores, top, 1) == -np.inf] = 0  # fewer items left than n: padding, never a hit
+    return top
 
 
 def hits(top: np.ndarray, targets: list, num_items: int) -> tuple[np.ndarray, np.ndarray]:

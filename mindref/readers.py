@@ -24,6 +24,7 @@ import numpy as np
 from .data import Dataset
 
 AGE_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups: <18, 18-24, ..., 56+
+AGE_GROUPS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 CATEGORY_RULES = ("last", "first", "all", "none")
 
 
@@ -86,7 +87,7 @@ def build(users: list, items: list, times: list, attributes: dict | None = None,
     bounds = np.flatnonzero(np.diff(user_code[order])) + 1
     sequences = np.split(item_code[order], bounds)
     V = len(raw_items) + 1
-    fields = []
+    fields, field_labels, profile_labels = [], [], []
     for f in range(len(field_names)):
         per_item = [list(attributes.get(it, ((),) * len(field_names))[f]) if attributes else []
                     for it in raw_items]
@@ -96,15 +97,18 @@ def build(users: list, items: list, times: list, attributes: dict | None = None,
         for r, vs in enumerate(per_item, 1):
             table[r, : len(vs)] = [index[v] for v in vs]
         fields.append(table)
+        field_labels.append(tuple([""] + [str(v) for v in values]))
     prof = np.zeros((len(raw_users), len(profile_names)), dtype=np.int64)
     for p in range(len(profile_names)):
         col = [(profiles or {}).get(u, (None,) * len(profile_names))[p] for u in raw_users]
         known = sorted({v for v in col if v is not None})
         index = {v: i + 1 for i, v in enumerate(known)}
         prof[:, p] = [index.get(v, 0) for v in col]
+        profile_labels.append(tuple([""] + [str(v) for v in known]))
     item_labels = tuple([""] + [str((labels or {}).get(it, it)) for it in raw_items])
     return Dataset(sequences, tuple(fields), tuple(field_names), prof, tuple(profile_names),
-                   item_labels, tuple([None] + raw_items), tuple(raw_users))
+                   item_labels, tuple([None] + raw_items), tuple(raw_users), tuple(field_labels),
+                   tuple(profile_labels))
 
 
 def _ratings(path: Path, sep: str, encoding: str, names: tuple) -> tuple[list, list, list]:
@@ -140,8 +144,23 @@ def read_movielens_100k(folder: str | Path) -> Dataset:
         bucket = int(np.searchsorted(AGE_EDGES, _int(path, n, age, "age"), side="right"))
         profiles[_int(path, n, uid, "user id")] = (bucket, gender, occupation)
     _check_known(folder / "u.item", set(items) - set(attributes), "movie")
-    return build(users, items, times, attributes, ("genre",), profiles, ("age", "gender", "occupation"),
-                 labels)
+    ds = build(users, items, times, attributes, ("genre",), profiles, ("age", "gender", "occupation"),
+               labels)
+    genres = _genre_names(folder / "u.genre")
+    ages = [""] + [AGE_GROUPS[int(a)] for a in ds.profile_labels[0][1:]]
+    names = [""] + [genres.get(int(g), g) for g in ds.field_labels[0][1:]]
+    return ds._replace(field_labels=(tuple(names),), profile_labels=(tuple(ages), *ds.profile_labels[1:]))
+
+
+def _genre_names(path: Path) -> dict:
+    """u.genre (name|index per line) -> {index: name}; {} when the file is absent."""
+    if not path.is_file():
+        return {}
+    names = {}
+    for n, text in _lines(path, "latin-1"):
+        name, index = _fields(path, n, text, "|", 2, "name|index")[:2]
+        names[_int(path, n, index, "genre index")] = name
+    return names
 
 
 def read_movielens_1m(folder: str | Path) -> Dataset:

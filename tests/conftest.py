@@ -27,3 +27,10 @@ def shared_data():
             pytest.fail(f"CI=true but the shared data is missing at {DATA}")
         pytest.skip(f"no shared data at {DATA} (set MINDREF_DATA)")
     return DATA
+
+
+def require(module: str):
+    """Import an optional dependency (the export extra); skip without it, except in CI."""
+    if os.environ.get("CI") == "true":
+        return __import__(module)
+    return pytest.importorskip(module)

@@ -1,0 +1,202 @@
+"""A serving bundle: one folder with everything retrieval needs, verified when loaded.
+
+    tower.onnx         the user tower (mindref.export.tower)
+    item_vectors.npy   E [V, d] float32, e_i = f_item(F_i); row 0 (padding) is 0
+    items.ann          Annoy 'dot' index of E[1:] (mindref.export.retrieval)
+    item_fields.npz    each item side field's ids [V, F_f]: the tower's field inputs
+    items.json         raw item ids, labels, field and profile vocabularies (for people and the CLI)
+    manifest.json      schema, versions, model config, ONNX and Annoy settings, and each file's
+                       size and SHA-256
+
+The bundle is written into a temporary sibling folder and renamed into place, so a crash never
+leaves half a bundle under the final name. Loading checks every file's size and checksum before
+using it and names the file that does not match.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from mindref import __version__
+from mindref.checkpoint import atomic_write
+from mindref.data import Dataset
+from mindref.model import MINDConfig, item_forward
+
+from .retrieval import Retriever, build_annoy, load_annoy
+from .runtime import TowerSession
+from .tower import IR_VERSION, OPSET, build_tower
+
+SCHEMA_VERSION = 1
+FILES = ("tower.onnx", "item_vectors.npy", "items.ann", "item_fields.npz", "items.json")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message names the file and what is wrong."""
+
+
+def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int = 50,
+                  seed: int = 0, overwrite: bool = False) -> Path:
+    """Write the bundle of a trained model (params, cfg) over the dataset's items to `out`."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: exists (pass overwrite=True / --force to replace it)")
+    if ds.num_items != cfg.num_items or ds.field_sizes != tuple(cfg.field_sizes):
+        raise ValueError(f"the dataset ({ds.num_items} items, fields {ds.field_sizes}) is not the model's "
+                         f"({cfg.num_items} items, fields {tuple(cfg.field_sizes)})")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _write_files(tmp, params, cfg, ds, n_trees, seed)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int, seed: int) -> None:
+    tower = build_tower(params, cfg, tuple(f.shape[1] for f in ds.item_fields))
+    atomic_write(folder / "tower.onnx", tower.SerializeToString())
+    E, _ = item_forward({k: np.asarray(v, np.float32) for k, v in params.items()}, ds.item_fields,
+                        np.arange(cfg.num_items))  # [V, d]
+    atomic_write(folder / "item_vectors.npy", _npy(E))
+    build_annoy(E, n_trees, seed).save(str(folder / "items.ann"))
+    buf = io.BytesIO()
+    np.savez(buf, **{f"field_{f}": t for f, t in enumerate(ds.item_fields)})
+    atomic_write(folder / "item_fields.npz", buf.getvalue())
+    items = {"raw_item_ids": [None if r is None else str(r) for r in ds.raw_item_ids],
+             "item_labels": list(ds.item_labels), "field_names": list(ds.field_names),
+             "field_labels": [list(v) for v in ds.field_labels], "profile_names": list(ds.profile_names),
+             "profile_labels": [list(v) for v in ds.profile_labels]}
+    atomic_write(folder / "items.json", json.dumps(items).encode())
+    manifest = {"format": "mindref-bundle", "schema_version": SCHEMA_VERSION, "mindref_version": __version__,
+                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()},
+                "onnx": {"ir_version": IR_VERSION, "opset": OPSET},
+                "annoy": {"metric": "dot", "n_trees": n_trees, "seed": seed, "dim": cfg.dim},
+                "files": {name: _stamp(folder / name) for name in FILES}}
+    atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _stamp(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the tower session, the item vectors, the retriever and the item metadata."""
+
+    path: Path
+    cfg: MINDConfig
+    tower: TowerSession
+    E: np.ndarray  # [V, d]
+    retriever: Retriever
+    items: dict  # items.json
+    manifest: dict
+
+    def raw_id(self, item: int) -> str:
+        raw = self.items["raw_item_ids"]
+        return str(raw[item]) if raw and raw[item] is not None else str(item)
+
+    @cached_property
+    def _ids(self) -> dict:
+        return {r: i for i, r in enumerate(self.items["raw_item_ids"]) if r is not None}
+
+    def item_id(self, raw: str) -> int:
+        """The model's id of a raw item id (as in the data files); the model's own ids when the
+        bundle records no raw ids."""
+        ids = self._ids or {str(i): i for i in range(1, self.cfg.num_items)}
+        if str(raw) not in ids:
+            raise ValueError(f"item {raw!r} is not in this bundle's catalog ({len(ids)} items)")
+        return ids[str(raw)]
+
+    def profile_ids(self, values: list[str]) -> np.ndarray:
+        """Profile ids [P] of raw profile values (as in the data files; '' or '?' = unknown)."""
+        names, labels = self.items["profile_names"], self.items["profile_labels"]
+        if len(values) != len(names):
+            raise ValueError(f"profile: {len(names)} values expected ({', '.join(names) or 'none'}), "
+                             f"got {len(values)}")
+        out = []
+        for p, (name, v) in enumerate(zip(names, values)):
+            vocab = labels[p] if p < len(labels) else None  # None: the values are the model's ids
+            if v in ("", "?"):
+                out.append(0)
+            elif vocab and v in vocab:
+                out.append(vocab.index(v))
+            elif not vocab and v.isdigit():
+                out.append(int(v))
+            else:
+                known = ", ".join(vocab[1:]) if vocab else "an integer id"
+                raise ValueError(f"profile {name}: unknown value {v!r}; one of {known}")
+        return np.array(out, np.int64)
+
+
+def load_bundle(path: str | Path, provider: str = "auto", threads: int | None = None, oversample: int = 2,
+                search_k: int = -1) -> Bundle:
+    """Verify and load a bundle; BundleError names the first file that is missing or differs."""
+    path = Path(path)
+    manifest = _manifest(path / "manifest.json")
+    for name in FILES:
+        _verify(path / name, manifest["files"].get(name))
+    try:
+        cfg = MINDConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()})
+    except TypeError as err:
+        raise BundleError(f"{path / 'manifest.json'}: bad model config ({err})") from None
+    E = np.load(path / "item_vectors.npy", allow_pickle=False)
+    if E.shape != (cfg.num_items, cfg.dim) or E.dtype != np.float32:
+        raise BundleError(f"{path / 'item_vectors.npy'}: {list(E.shape)} {E.dtype}, expected "
+                          f"[{cfg.num_items}, {cfg.dim}] float32")
+    with np.load(path / "item_fields.npz", allow_pickle=False) as z:
+        fields = tuple(z[f"field_{f}"] for f in range(len(cfg.field_sizes)))
+    items = json.loads((path / "items.json").read_text(encoding="utf-8"))
+    tower = TowerSession((path / "tower.onnx").read_bytes(), cfg, fields, provider, threads)
+    index = load_annoy(path / "items.ann", cfg.dim)
+    if index.get_n_items() != cfg.num_items - 1:
+        raise BundleError(f"{path / 'items.ann'}: {index.get_n_items()} items, expected {cfg.num_items - 1}")
+    return Bundle(path, cfg, tower, E, Retriever(E, index, oversample, search_k), items, manifest)
+
+
+def _manifest(path: Path) -> dict:
+    if not path.is_file():
+        raise BundleError(f"{path}: missing (is {path.parent} a mindref bundle? `mindref export` writes one)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "mindref-bundle":
+        raise BundleError(f"{path}: not a mindref bundle manifest")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{path}: schema version {manifest.get('schema_version')!r}, this mindref reads "
+                          f"{SCHEMA_VERSION}")
+    if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("config"), dict):
+        raise BundleError(f"{path}: no file list or model config")
+    return manifest
+
+
+def _verify(path: Path, expected: dict | None) -> None:
+    if expected is None:
+        raise BundleError(f"{path.parent / 'manifest.json'}: does not list {path.name}")
+    if not path.is_file():
+        raise BundleError(f"{path}: missing")
+    got = _stamp(path)
+    if got["bytes"] != expected.get("bytes"):
+        raise BundleError(f"{path}: {got['bytes']} bytes, the manifest says {expected.get('bytes')} "
+                          "(truncated or replaced)")
+    if got["sha256"] != expected.get("sha256"):
+        raise BundleError(f"{path}: checksum differs from the manifest (the file was changed)")

@@ -1,0 +1,105 @@
+"""onnxruntime inference of the exported user tower: CUDA when it really loads, else the CPU.
+
+onnxruntime-gpu lists CUDAExecutionProvider as available even on machines without the CUDA and
+cuDNN libraries; asking for it there logs a page of errors and silently falls back. We ask with the
+logger silenced and then read which providers the session actually got.
+
+TowerSession validates every request before it reaches the graph (which cannot raise: Gather
+wraps negative ids, and an all-padding history would route nothing), so a bad request is an
+error that names the problem, never a silent wrong answer.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import onnxruntime as ort
+
+from mindref.checks import check_ids
+from mindref.model import MINDConfig
+
+from .tower import INPUT_ITEMS, INPUT_PROFILE, field_input
+
+PROVIDERS = ("auto", "cuda", "cpu")
+_CUDA, _CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+_DEFAULT_SEVERITY = 2  # onnxruntime's default logger severity (warnings)
+
+
+class TowerOutput(NamedTuple):
+    interests: np.ndarray  # [B, K, d] float32, zero beyond K'_u
+    mask: np.ndarray  # [B, K] bool
+    weights: np.ndarray  # [B, K, L] routing weights of the last iteration
+
+
+def make_session(model: bytes, provider: str = "auto", threads: int | None = None) -> ort.InferenceSession:
+    """An InferenceSession on CUDA if provider is 'auto' and CUDA really loads (or 'cuda', which
+    raises when it does not), else on the CPU. threads: intra-op threads (None: onnxruntime's)."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if provider == "cpu" or _CUDA not in ort.get_available_providers():
+        if provider == "cuda":
+            raise RuntimeError("provider 'cuda': this onnxruntime has no CUDA provider "
+                               "(install onnxruntime-gpu)")
+        return ort.InferenceSession(model, options, providers=[_CPU])
+    ort.set_default_logger_severity(4)  # the failed CUDA load is expected on CPU-only machines
+    try:
+        session = ort.InferenceSession(model, options, providers=[_CUDA, _CPU])
+    finally:
+        ort.set_default_logger_severity(_DEFAULT_SEVERITY)
+    if provider == "cuda" and _CUDA not in session.get_providers():
+        raise RuntimeError("provider 'cuda': the CUDA provider did not load (CUDA 12 and cuDNN 9 libraries "
+                           "are needed); use provider 'auto' or 'cpu'")
+    return session
+
+
+class TowerSession:
+    """The ONNX user tower behind the same contract as mindref.model.user_vectors."""
+
+    def __init__(self, model: bytes, cfg: MINDConfig, item_fields: tuple, provider: str = "auto",
+                 threads: int | None = None):
+        self.cfg, self.item_fields = cfg, tuple(item_fields)
+        self.session = make_session(model, provider, threads)
+
+    @property
+    def provider(self) -> str:
+        """'cuda' or 'cpu': where the graph really runs."""
+        return "cuda" if self.session.get_providers()[0] == _CUDA else "cpu"
+
+    def feeds(self, hist: np.ndarray, profile: np.ndarray | None = None) -> dict:
+        """The graph's inputs for histories hist [B, L] and profiles [B, P], validated."""
+        hist, profile = check_request(self.cfg, hist, profile)
+        feeds = {INPUT_ITEMS: hist}
+        feeds.update({field_input(f): table[hist] for f, table in enumerate(self.item_fields)})
+        if self.cfg.profile_sizes:
+            feeds[INPUT_PROFILE] = profile
+        return feeds
+
+    def run(self, hist: np.ndarray, profile: np.ndarray | None = None) -> TowerOutput:
+        """V_u [B, K, d], the interest mask [B, K] and the routing weights [B, K, L]."""
+        return TowerOutput(*self.session.run(None, self.feeds(hist, profile)))
+
+
+def check_request(cfg: MINDConfig, hist, profile=None) -> tuple[np.ndarray, np.ndarray]:
+    """hist [B, L] int ids in [0, V) with at least one behaviour per row and L <= max_len;
+    profile [B, P] int ids in range (None: all unknown). Returns both as int64."""
+    hist = np.asarray(hist)
+    if hist.ndim != 2:
+        raise ValueError(f"history: expected shape [B, L], got {list(hist.shape)}")
+    hist = check_ids("history", hist, cfg.num_items).astype(np.int64)
+    if hist.shape[1] > cfg.max_len:
+        raise ValueError(f"history: length {hist.shape[1]} exceeds the trained maximum {cfg.max_len} "
+                         "(keep the latest max_len behaviours: mindref.data.pad)")
+    empty = np.flatnonzero(~(hist != 0).any(1))
+    if hist.shape[0] == 0 or empty.size:
+        raise ValueError("history: row " + (f"{empty[0]} is all padding" if empty.size else "count is 0")
+                         + " (a user needs at least one behaviour)")
+    P = len(cfg.profile_sizes)
+    profile = np.zeros((hist.shape[0], P), np.int64) if profile is None else np.asarray(profile)
+    if profile.shape != (hist.shape[0], P):
+        raise ValueError(f"profile: expected shape [{hist.shape[0]}, {P}], got {list(profile.shape)}")
+    for p, rows in enumerate(cfg.profile_sizes):
+        check_ids(f"profile field {p}", profile[:, p], rows)
+    return hist, profile.astype(np.int64)

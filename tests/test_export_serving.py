@@ -1,0 +1,177 @@
+"""Bundles, multi-interest retrieval (Eq. 3 merge, Annoy vs exact) and the serving CLI."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import require
+
+from mindref import checkpoint
+from mindref.cli import main
+from mindref.data import leave_one_out, synthetic
+from mindref.model import MINDConfig
+from mindref.train import fit
+
+require("onnx")
+require("onnxruntime")
+require("annoy")
+from mindref.export import BundleError, Retriever, export_bundle, load_bundle, recommend  # noqa: E402
+from mindref.export.retrieval import build_annoy  # noqa: E402
+
+SPEC = {"format": "synthetic", "users": 300, "seed": 4, "protocol": "loo", "max_len": 30}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model trained on the embedded synthetic data, its checkpoint and its bundle."""
+    ds = synthetic(num_users=300, seed=4)
+    train, _, test = leave_one_out(ds, 30)
+    cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                     dim=16, K=4, hidden=(32,), max_len=30, seed=5)
+    state = fit(cfg, ds, train, epochs=2, batch_size=128, num_neg=64)
+    root = tmp_path_factory.mktemp("serving")
+    checkpoint.save(root / "model", state.params, cfg, SPEC)
+    export_bundle(root / "bundle", state.params, cfg, ds, n_trees=20, seed=0)
+    return ds, test, cfg, state.params, root
+
+
+def test_exact_retrieval_obeys_eq3(trained):
+    ds, test, cfg, _, root = trained
+    bundle = load_bundle(root / "bundle", "cpu")
+    hist = test.hist[:40]
+    out = bundle.tower.run(hist, ds.profiles[test.users[:40]])
+    for b, r in enumerate(bundle.retriever.retrieve(out.interests, out.mask, hist, n=25, exact=True)):
+        valid = np.flatnonzero(out.mask[b])
+        all_scores = out.interests[b][valid] @ bundle.E.T  # [K'u, V]
+        best = all_scores.max(0)
+        best[0] = -np.inf
+        best[hist[b][hist[b] != 0]] = -np.inf
+        np.testing.assert_allclose(r.scores, np.sort(best)[::-1][:25], rtol=1e-6)  # the true top 25
+        np.testing.assert_allclose(r.scores, best[r.items], rtol=1e-6)  # score = max_k, Eq. (3)
+        assert np.all(np.diff(r.scores) <= 0) and len(set(r.items.tolist())) == 25
+        assert not np.isin(r.items, hist[b]).any() and 0 not in r.items
+        np.testing.assert_array_equal(valid[all_scores[:, r.items].argmax(0)], r.interests)
+
+
+def test_annoy_recall_against_exact(trained):
+    """Annoy (20 trees, default search) finds >= 90% of the exact top 50 on a trained model;
+    every returned score is still exact (Eq. 3 re-scoring)."""
+    ds, test, _, _, root = trained
+    bundle = load_bundle(root / "bundle", "cpu")
+    hist = test.hist[:100]
+    out = bundle.tower.run(hist, ds.profiles[test.users[:100]])
+    exact = bundle.retriever.retrieve(out.interests, out.mask, hist, n=50, exact=True)
+    approx = bundle.retriever.retrieve(out.interests, out.mask, hist, n=50)
+    recall = np.mean([len(set(a.items) & set(e.items)) / 50 for a, e in zip(approx, exact)])
+    assert recall >= 0.9, recall
+    for a, b in zip(approx, range(100)):
+        s = np.where(out.mask[b][:, None], out.interests[b] @ bundle.E[a.items].T, -np.inf).max(0)
+        np.testing.assert_allclose(a.scores, s, rtol=1e-6)
+        assert not np.isin(a.items, hist[b]).any() and 0 not in a.items
+
+
+def test_padding_is_never_retrieved_and_tiny_catalogs_work():
+    E = np.zeros((4, 3), np.float32)
+    E[1:] = np.eye(3)
+    r = Retriever(E, build_annoy(E, 3), oversample=1)
+    V = -np.ones((1, 2, 3), np.float32)  # every real item scores -1, below the padding row's 0
+    for exact in (True, False):
+        got = r.retrieve(V, np.array([[True, False]]), np.array([[2]]), n=10, exact=exact)[0]
+        assert sorted(got.items.tolist()) == [1, 3]
+
+
+def test_retrieval_is_deterministic_across_processes(trained):
+    root = trained[4]
+    cmd = [sys.executable, "-m", "mindref", "retrieve", "--bundle", str(root / "bundle"), "--history",
+           "1,2,3,25,26,27,40,41", "-n", "30", "--json"]
+    runs = [subprocess.run(cmd, capture_output=True, text=True, check=True).stdout for _ in range(2)]
+    assert runs[0] == runs[1] and len(json.loads(runs[0])["items"]) == 30
+    # the same vectors, trees and seed give the same index bytes
+    a, b = root / "a.ann", root / "b.ann"
+    E = np.load(root / "bundle" / "item_vectors.npy")
+    build_annoy(E, 5, seed=1).save(str(a))
+    code = (f"import numpy as np; from mindref.export.retrieval import build_annoy; "
+            f"E = np.load({str(root / 'bundle' / 'item_vectors.npy')!r}); "
+            f"build_annoy(E, 5, seed=1).save({str(b)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_bundle_tower_equals_the_numpy_model(trained):
+    from mindref.model import user_vectors
+    ds, test, cfg, params, root = trained
+    bundle = load_bundle(root / "bundle", "cpu")
+    hist, prof = test.hist[:64], ds.profiles[test.users[:64]]
+    V_np, mask_np = user_vectors(params, cfg, ds.item_fields, hist, prof)
+    out = bundle.tower.run(hist, prof)
+    np.testing.assert_array_equal(out.mask, mask_np)
+    assert np.abs(out.interests - V_np).max() <= 1e-5
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: (b / "items.ann").write_bytes((b / "items.ann").read_bytes()[:-100]), "items.ann: .* bytes"),
+    (lambda b: _flip(b / "tower.onnx"), "tower.onnx: checksum differs"),
+    (lambda b: (b / "item_vectors.npy").unlink(), "item_vectors.npy: missing"),
+    (lambda b: (b / "manifest.json").write_text("{not json"), "manifest.json: not valid JSON"),
+    (lambda b: (b / "manifest.json").unlink(), "manifest.json: missing"),
+    (lambda b: _edit_manifest(b, schema_version=99), "schema version 99"),
+])
+def test_damaged_bundles_are_refused_by_file(trained, tmp_path, damage, message):
+    import shutil
+    bundle = tmp_path / "b"
+    shutil.copytree(trained[4] / "bundle", bundle)
+    damage(bundle)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle, "cpu")
+
+
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _edit_manifest(bundle, **changes):
+    m = json.loads((bundle / "manifest.json").read_text())
+    m.update(changes)
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def test_raw_ids_and_requests(trained):
+    ds, _, _, _, root = trained
+    bundle = load_bundle(root / "bundle", "cpu")
+    res = recommend(bundle, [["1", "2", "3"], [str(i) for i in range(1, 60)]], [["1"], ["?"]], n=5)
+    assert [len(r["items"]) for r in res] == [5, 5] and res[0]["interests"] == 1
+    assert res[1]["interests"] == 4  # 59 behaviours, the latest 30 kept: K'u = min(4, log2 30)
+    with pytest.raises(ValueError, match="not in this bundle's catalog"):
+        recommend(bundle, [["1", "999999"]])
+    with pytest.raises(ValueError, match="empty history"):
+        recommend(bundle, [[]])
+    with pytest.raises(ValueError, match="profile segment: unknown value"):
+        recommend(bundle, [["1"]], [["nope"]])
+
+
+def test_cli_export_retrieve_explain(trained, tmp_path, capsys):
+    root = trained[4]
+    assert main(["export", "--model", str(root / "model"), "--out", str(tmp_path / "b")]) == 0
+    assert main(["export", "--model", str(root / "model"), "--out", str(tmp_path / "b")]) == 2
+    assert "exists" in capsys.readouterr().err
+    bundle = str(tmp_path / "b")
+    assert main(["retrieve", "--bundle", bundle, "--history", "1,2,3,4", "-n", "7", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["items"]) == 7
+    assert main(["explain", "--bundle", bundle, "--history", ",".join(map(str, range(1, 20)))]) == 0
+    text = capsys.readouterr().out
+    assert "K'u = 4 of K = 4" in text and text.count("interest ") >= 4
+    users = tmp_path / "users.jsonl"
+    users.write_text("\n".join(json.dumps({"user": u, "history": list(range(1 + u, 9 + u))})
+                               for u in range(5)))
+    out = tmp_path / "res.jsonl"
+    assert main(["retrieve", "--bundle", str(tmp_path / "b"), "--users", str(users), "--out", str(out),
+                 "--batch-size", "2", "-n", "4"]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["user"] for x in lines] == list(range(5)) and all(len(x["items"]) == 4 for x in lines)
+    users.write_text('{"user": 1, "history": [1, 2]}\n{"user": 2, "history": [1, 99999]}\n')
+    assert main(["retrieve", "--bundle", str(tmp_path / "b"), "--users", str(users), "--out",
+                 str(tmp_path / "bad.jsonl")]) == 2
+    assert "lines 1-2" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()
