@@ -43,7 +43,7 @@ class BundleError(ValueError):
 
 
 def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int = 50,
-                  seed: int = 0, overwrite: bool = False) -> Path:
+                  seed: int = 0, overwrite: bool = False, items: str = "table") -> Path:
     """Write the bundle of a trained model (params, cfg) over the dataset's items to `out`."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -55,7 +55,7 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_files(tmp, params, cfg, ds, n_trees, seed)
+        _write_files(tmp, params, cfg, ds, n_trees, seed, items)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -64,8 +64,9 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
     return out
 
 
-def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int, seed: int) -> None:
-    tower = build_tower(params, cfg, tuple(f.shape[1] for f in ds.item_fields))
+def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int, seed: int,
+                 items: str) -> None:
+    tower = build_tower(params, cfg, ds.item_fields, items)
     atomic_write(folder / "tower.onnx", tower.SerializeToString())
     E, _ = item_forward({k: np.asarray(v, np.float32) for k, v in params.items()}, ds.item_fields,
                         np.arange(cfg.num_items))  # [V, d]
@@ -81,7 +82,7 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, n_tre
     atomic_write(folder / "items.json", json.dumps(items).encode())
     manifest = {"format": "mindref-bundle", "schema_version": SCHEMA_VERSION, "mindref_version": __version__,
                 "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()},
-                "onnx": {"ir_version": IR_VERSION, "opset": OPSET},
+                "onnx": {"ir_version": IR_VERSION, "opset": OPSET, "items": items},
                 "annoy": {"metric": "dot", "n_trees": n_trees, "seed": seed, "dim": cfg.dim},
                 "files": {name: _stamp(folder / name) for name in FILES}}
     atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2).encode())

@@ -72,7 +72,9 @@ class TowerSession:
         """The graph's inputs for histories hist [B, L] and profiles [B, P], validated."""
         hist, profile = check_request(self.cfg, hist, profile)
         feeds = {INPUT_ITEMS: hist}
-        feeds.update({field_input(f): table[hist] for f, table in enumerate(self.item_fields)})
+        names = {i.name for i in self.session.get_inputs()}
+        feeds.update({field_input(f): table[hist] for f, table in enumerate(self.item_fields)
+                      if field_input(f) in names})  # items='features' graphs pool from field ids
         if self.cfg.profile_sizes:
             feeds[INPUT_PROFILE] = profile
         return feeds

@@ -1,17 +1,17 @@
 """The serving user tower (MIND 3.5) as an ONNX graph, built node by node with onnx.helper.
 
     inputs   item_ids        int64 [B, L]        behaviour item ids, 0 = padding (L <= max_len)
-             field_<f>_ids   int64 [B, L, F_f]   each item side field's ids of those items
-                                                 (item_fields[f][item_ids], as on the NumPy side)
+             field_<f>_ids   int64 [B, L, F_f]   items='features' only: each item side field's ids
+                                                 of those items (item_fields[f][item_ids])
              profile_ids     int64 [B, P]        (only when the model has profile fields)
     outputs  interests       float32 [B, K, d]   V_u, zero beyond K'_u
              interest_mask   bool [B, K]         capsule j is valid iff j < K'_u (Eq. 9)
              routing_weights float32 [B, K, L]   w_ij of the last routing iteration (Eq. 5)
 
-The graph is the NumPy serving path (mindref.model.serving_tower) written out: pooling (3.2),
-e_hat = S e_i, r unrolled routing iterations from the stored logit draw b_ij (Eqs. 5-8), squash
-in its overflow-free form (Eq. 7), the profile concatenation and the ReLU layers. Two choices keep
-it exact rather than close:
+The graph is the NumPy serving path (mindref.model.serving_tower) written out: pooling (3.2) and
+e_hat = S e_i (by default S e_i of every catalog item, precomputed into a table), r unrolled
+routing iterations from the stored logit draw b_ij (Eqs. 5-8), squash in its overflow-free form
+(Eq. 7), the profile concatenation and the ReLU layers. Two choices keep it exact, not close:
 - K'_u = max(1, min(K, floor(log2 n))) is computed by integer comparisons: capsule j >= 1 is valid
   iff n >= 2^(j+1). A float log2 would put n = 8 at 2.9999998 and lose a capsule.
 - masked softmax gives masked entries exactly 0 (Where, then Exp of -inf), as masked_softmax does.
@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mindref import __version__
-from mindref.model import MINDConfig, num_dense
+from mindref.model import MINDConfig, item_forward, num_dense
 
 # onnx 1.23 stamps IR 14 by default, which onnxruntime 1.31 refuses; IR 10 / opset 21 load in
 # onnxruntime >= 1.20 and in onnx's ReferenceEvaluator.
@@ -36,6 +36,7 @@ IR_VERSION = 10
 OPSET = 21
 INPUT_ITEMS, INPUT_PROFILE = "item_ids", "profile_ids"
 OUTPUTS = ("interests", "interest_mask", "routing_weights")
+ITEM_MODES = ("table", "features")
 
 
 def field_input(f: int) -> str:
@@ -63,15 +64,25 @@ class _Builder:
         return name
 
 
-def build_tower(params: dict, cfg: MINDConfig, field_widths: tuple) -> onnx.ModelProto:
-    """The ONNX user tower of a trained model. field_widths: F_f of each item side field."""
-    if len(field_widths) != len(cfg.field_sizes):
-        raise ValueError(f"the model has {len(cfg.field_sizes)} item side fields, "
-                         f"got {len(field_widths)} widths")
+def build_tower(params: dict, cfg: MINDConfig, item_fields: tuple, items: str = "table") -> onnx.ModelProto:
+    """The ONNX user tower of a trained model over a catalog's item side fields ([V, F_f] each).
+
+    items='table' (default, measured faster: docs/results.md): S e_i of every item is computed
+    once here, in NumPy (the model's own f_item), and the graph gathers it by item id; the graph's
+    only item input is item_ids. items='features': the graph pools e_i from field_<f>_ids inputs
+    itself (3.2), for callers who feed item features rather than ids of a fixed catalog."""
+    if items not in ITEM_MODES:
+        raise ValueError(f"items must be one of {ITEM_MODES}, got {items!r}")
+    if len(item_fields) != len(cfg.field_sizes):
+        raise ValueError(f"the model has {len(cfg.field_sizes)} item side fields, got {len(item_fields)}")
     g = _Builder()
     f32 = {k: np.asarray(v, np.float32) for k, v in params.items()}
     c = _constants(g, cfg)
-    e_hat, bmask = _behaviours(g, c, f32, cfg)  # [B, L, d], [B, L]
+    if items == "table":
+        e_hat = _item_table(g, f32, item_fields)
+    else:
+        e_hat = _behaviours(g, c, f32, cfg)  # [B, L, d]
+    bmask = g.op("Not", g.op("Equal", INPUT_ITEMS, c["zero_i"]))  # [B, L]
     cmask = _capsule_mask(g, c, cfg, bmask)  # [B, K] bool
     u, w = _routing(g, f32, cfg, c, e_hat, bmask, cmask)  # [B, K, d], [B, K, L]
     x = _profile(g, c, f32, cfg, u) if cfg.profile_sizes else u
@@ -84,7 +95,7 @@ def build_tower(params: dict, cfg: MINDConfig, field_widths: tuple) -> onnx.Mode
     g.named("interests", "Mul", x, mask_f)
     g.named("interest_mask", "Identity", cmask)
     g.named("routing_weights", "Identity", w)
-    return _model(g, cfg, field_widths)
+    return _model(g, cfg, tuple(f.shape[1] for f in item_fields) if items == "features" else (), items)
 
 
 def _constants(g: _Builder, cfg: MINDConfig) -> dict:
@@ -110,7 +121,15 @@ def _pool_field(g: _Builder, c: dict, table: str, ids: str) -> tuple[str, str]:
     return mean, g.op("Cast", g.op("Greater", count, c["zero"]), to=TensorProto.FLOAT)
 
 
-def _behaviours(g: _Builder, c: dict, f32: dict, cfg: MINDConfig) -> tuple[str, str]:
+def _item_table(g: _Builder, f32: dict, item_fields: tuple) -> str:
+    """e_hat [B, L, d] gathered from S e_i of every item [V, d], computed by the NumPy model."""
+    E, _ = item_forward(f32, item_fields, np.arange(item_fields[0].shape[0] if item_fields else
+                                                    f32["item_emb"].shape[0]))  # [V, d]
+    table = g.const("item_S_e", (E @ f32["S"].T).astype(np.float32))  # [V, d]  S e_i, Eq. (8)
+    return g.op("Gather", table, INPUT_ITEMS)
+
+
+def _behaviours(g: _Builder, c: dict, f32: dict, cfg: MINDConfig) -> str:
     """e_i = f_item(F_i) pooled over the present fields (3.2), mapped by S: e_hat [B, L, d]."""
     item_ids3 = g.op("Unsqueeze", INPUT_ITEMS, c["last"])  # [B, L, 1]
     fields = [("item_emb", item_ids3)]
@@ -119,9 +138,7 @@ def _behaviours(g: _Builder, c: dict, f32: dict, cfg: MINDConfig) -> tuple[str, 
     total = means[0] if len(means) == 1 else g.op("Sum", *means)
     n_present = present[0] if len(present) == 1 else g.op("Sum", *present)
     e = g.op("Div", total, g.op("Max", n_present, c["one"]))  # [B, L, d]
-    e_hat = g.op("MatMul", e, g.const("S_T", np.ascontiguousarray(f32["S"].T)))  # [B, L, d]  S e_i
-    bmask = g.op("Not", g.op("Equal", INPUT_ITEMS, c["zero_i"]))  # [B, L]
-    return e_hat, bmask
+    return g.op("MatMul", e, g.const("S_T", np.ascontiguousarray(f32["S"].T)))  # [B, L, d]  S e_i
 
 
 def _capsule_mask(g: _Builder, c: dict, cfg: MINDConfig, bmask: str) -> str:
@@ -185,7 +202,7 @@ def _profile(g: _Builder, c: dict, f32: dict, cfg: MINDConfig, u: str) -> str:
     return g.op("Concat", u, g.op("Expand", g.op("Unsqueeze", prof, c["ax1"]), shape), axis=-1)
 
 
-def _model(g: _Builder, cfg: MINDConfig, field_widths: tuple) -> onnx.ModelProto:
+def _model(g: _Builder, cfg: MINDConfig, field_widths: tuple, items: str) -> onnx.ModelProto:
     i64, f32, flag = TensorProto.INT64, TensorProto.FLOAT, TensorProto.BOOL
     inputs = [helper.make_tensor_value_info(INPUT_ITEMS, i64, ["B", "L"])]
     inputs += [helper.make_tensor_value_info(field_input(f), i64, ["B", "L", int(w)])
@@ -201,6 +218,7 @@ def _model(g: _Builder, cfg: MINDConfig, field_widths: tuple) -> onnx.ModelProto
                               doc_string="MIND user tower (Li et al., CIKM 2019), serving path")
     helper.set_model_props(model, {"mindref_version": __version__,
                                    "config": json.dumps(cfg.to_dict()),
+                                   "items": items,
                                    "field_widths": json.dumps([int(w) for w in field_widths])})
     onnx.checker.check_model(model, full_check=True)
     return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)

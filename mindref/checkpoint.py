@@ -37,13 +37,15 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def save(folder: str | Path, params: dict, cfg: MINDConfig, data: dict | None = None,
-         train: dict | None = None, optimizer: dict | None = None) -> Path:
-    """Write params (+ optimizer moments) and the manifest. optimizer: {"m": {...}, "v": {...}}."""
+         train: dict | None = None, optimizer: dict | None = None, extra: dict | None = None) -> Path:
+    """Write params (+ optimizer moments, + extra training arrays) and the manifest.
+    optimizer: {"m": {...}, "v": {...}};  extra: {"order": ...} (load_extra reads them)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = dict(params)
     for kind, moments in (optimizer or {}).items():
         arrays.update({f"adam.{kind}.{k}": v for k, v in moments.items()})
+    arrays.update({f"train.{k}": v for k, v in (extra or {}).items()})
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     blob = buf.getvalue()
@@ -77,7 +79,7 @@ def load(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | None]:
     except Exception as err:  # a corrupt zip or array header
         raise CheckpointError(f"{folder / 'params.npz'}: unreadable ({err})") from None
     expected = init_params(cfg, dtype=_dtype(arrays))
-    params = {k: v for k, v in arrays.items() if not k.startswith("adam.")}
+    params = {k: v for k, v in arrays.items() if not k.startswith(("adam.", "train."))}
     _compare(folder / "params.npz", params, expected)
     optimizer = None
     if any(k.startswith("adam.") for k in arrays):
@@ -87,6 +89,12 @@ def load(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | None]:
         for kind, moments in optimizer.items():
             _compare(folder / "params.npz", moments, trainable, f"Adam {kind} of ")
     return params, cfg, manifest, optimizer
+
+
+def load_extra(folder: str | Path) -> dict:
+    """The extra training arrays of a checkpoint (after load() has verified it)."""
+    with np.load(Path(folder) / "params.npz") as z:
+        return {k[len("train."):]: z[k] for k in z.files if k.startswith("train.")}
 
 
 def _read_manifest(path: Path) -> dict:

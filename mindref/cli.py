@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from .datasets import FORMATS, PROTOCOLS, load_dataset, split
 from .evaluate import evaluate
 from .model import MINDConfig
 from .routing import GRAD_MODES, SOFTMAX_AXES
-from .train import evaluate_model, fit, load_state, save_state, scorer
+from .train import TrainingInterrupted, evaluate_model, fit, load_state, save_state, scorer
 
 COLUMNS = ("HR@10", "HR@50", "HR@100", "Recall@50", "NDCG@50")
 
@@ -82,18 +84,41 @@ def _fit_args(args) -> dict:
     return {"epochs": args.epochs, "batch_size": args.batch_size, "num_neg": args.negatives, "lr": args.lr}
 
 
-def _train(cfg, ds, train, fit_args: dict, desc: str, state=None, on_epoch=None):
+def _train(cfg, ds, train, fit_args: dict, desc: str, state=None, on_epoch=None, stop=None):
     per_epoch = -(-len(train.target) // fit_args["batch_size"])
-    steps = (fit_args["epochs"] - (state.epoch if state else 0)) * per_epoch
+    steps = (fit_args["epochs"] - (state.epoch if state else 0)) * per_epoch - (state.step if state else 0)
     update, close = _progress(steps, desc, fit_args["batch_size"])
     t0 = time.perf_counter()
     try:
         state = fit(cfg, ds, train, epochs=fit_args["epochs"], batch_size=fit_args["batch_size"],
                     num_neg=fit_args["num_neg"], lr=fit_args["lr"], progress=update, state=state,
-                    on_epoch=on_epoch)
+                    on_epoch=on_epoch, stop=stop)
     finally:
         close()
     return state, time.perf_counter() - t0
+
+
+class _StopFlag:
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the current step, then stop cleanly."""
+
+    def __init__(self):
+        self.raised = False
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.raised:  # a second Ctrl-C: the user insists
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        return self.raised
 
 
 def _table(rows: dict) -> str:
@@ -108,18 +133,31 @@ def cmd_train(args) -> int:
     if (out / "config.json").exists():  # resume with the run's own data spec and fit arguments
         state, cfg, manifest = load_state(out)
         spec, fit_args = manifest["data"], {**manifest["train"]["fit"], "epochs": args.epochs}
-        print(f"resuming {out} after epoch {state.epoch}")
+        print(f"resuming {out} at epoch {state.epoch + 1}, step {state.step}", file=sys.stderr)
     else:
         spec, fit_args = _data_spec(args), _fit_args(args)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):  # fail now, not after the first epoch
+        raise PermissionError(f"{out}: not writable")
     ds, splits = load_dataset(spec)
     train, valid, _ = split(ds, spec, splits)
     if state is None:
         cfg = _config(args, ds)
-    state, seconds = _train(cfg, ds, train, fit_args, f"train K={cfg.K}", state,
-                            on_epoch=lambda s: save_state(out, s, cfg, spec, fit_args))
+    try:
+        with _StopFlag() as stop:
+            state, seconds = _train(cfg, ds, train, fit_args, f"train K={cfg.K}", state,
+                                    on_epoch=lambda s: save_state(out, s, cfg, spec, fit_args), stop=stop)
+    except TrainingInterrupted as stopped:
+        save_state(out, stopped.state, cfg, spec, fit_args)
+        print(f"mindref train: {stopped}; checkpoint saved to {out}. Run the same command to resume.",
+              file=sys.stderr)
+        return 130
     print(f"{len(train.target):,} examples x {len(state.losses)} epochs; losses "
           + " ".join(f"{x:.3f}" for x in state.losses) + f"; checkpoint {out}")
-    print(json.dumps({"valid": evaluate_model(state.params, cfg, ds, valid)}, indent=2))
+    if len(valid.users):
+        print(json.dumps({"valid": evaluate_model(state.params, cfg, ds, valid)}, indent=2))
+    else:
+        print("no validation cases (users with >= 3 behaviours) to evaluate", file=sys.stderr)
     return 0
 
 

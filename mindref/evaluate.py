@@ -70,6 +70,9 @@ def evaluate(score: Callable[[np.ndarray, np.ndarray], np.ndarray], cases, num_i
 
     score(users [b], hist [b, L]) -> [b, V] scores of every item id (column 0 ignored).
     """
+    if len(cases.users) == 0:
+        raise ValueError("no evaluation cases (leave-one-out needs users with >= 3 behaviours, "
+                         "strong generalisation held-out users with >= 2)")
     all_hits, all_counts = [], []
     for start in range(0, len(cases.users), batch_size):
         sl = slice(start, start + batch_size)

@@ -16,6 +16,7 @@ and the line.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,12 +203,15 @@ def read_sequences(path: str | Path, attributes: str | Path | None = None,
     if category not in CATEGORY_RULES:
         raise ValueError(f"category must be one of {CATEGORY_RULES}, got {category!r}")
     path = Path(path)
-    users, items, times = [], [], []
+    users, items, times, seen = [], [], [], {}
     for n, text in _lines(path):
         parts = text.split()
         if len(parts) < 2:
             raise DataFormatError(f"{path}:{n}: expected 'user item [item ...]', got {text[:80]!r}")
         u = _int(path, n, parts[0], "user")
+        if u in seen:  # two lines of one user have no defined order between them
+            raise DataFormatError(f"{path}:{n}: user {u} already has a sequence on line {seen[u]}")
+        seen[u] = n
         for t, it in enumerate(parts[1:]):
             users.append(u), items.append(_int(path, n, it, "item")), times.append(t)
     if attributes is None or category == "none" and not brand:
@@ -286,7 +290,9 @@ def read_interactions_csv(path: str | Path) -> Dataset:
             raise DataFormatError(f"{path}:{n}: {len(parts)} columns, but earlier lines have "
                                   f"{4 if has_category else 3}")
         if not _is_number(parts[2]):
-            raise DataFormatError(f"{path}:{n}: timestamp must be a number, got {parts[2]!r}")
+            raise DataFormatError(f"{path}:{n}: timestamp must be a finite number, got {parts[2]!r}")
+        if not parts[0] or not parts[1]:
+            raise DataFormatError(f"{path}:{n}: empty user or item id")
         users.append(parts[0]), items.append(parts[1]), times.append(float(parts[2]))
         if has_category:
             if attrs.setdefault(parts[1], ([parts[3]],)) != ([parts[3]],):
@@ -296,8 +302,8 @@ def read_interactions_csv(path: str | Path) -> Dataset:
 
 
 def _is_number(text: str) -> bool:
+    """A finite number (NaN or inf would make the time order undefined)."""
     try:
-        float(text)
+        return math.isfinite(float(text))
     except ValueError:
         return False
-    return True

@@ -24,6 +24,17 @@ class TrainState:
     rng: np.random.Generator
     epoch: int = 0  # epochs completed
     losses: list = field(default_factory=list)  # mean loss of each completed epoch
+    step: int = 0  # steps done in the current epoch (0 between epochs)
+    order: np.ndarray | None = None  # the current epoch's example order (None between epochs)
+    total: float = 0.0  # the current epoch's loss sum so far
+
+
+class TrainingInterrupted(Exception):
+    """fit() stopped between two steps because stop() said so; .state resumes exactly."""
+
+    def __init__(self, state: TrainState):
+        super().__init__(f"training interrupted at epoch {state.epoch + 1}, step {state.step}")
+        self.state = state
 
 
 def start(cfg: M.MINDConfig, lr: float = 3e-3, dtype=np.float32) -> TrainState:
@@ -35,37 +46,50 @@ def start(cfg: M.MINDConfig, lr: float = 3e-3, dtype=np.float32) -> TrainState:
 
 def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_size: int = 256,
         num_neg: int = 64, lr: float = 3e-3, dtype=np.float32, progress: Callable | None = None,
-        state: TrainState | None = None, on_epoch: Callable | None = None) -> TrainState:
-    """Train MIND for `epochs` epochs in all (a resumed state continues from state.epoch).
+        state: TrainState | None = None, on_epoch: Callable | None = None,
+        stop: Callable | None = None) -> TrainState:
+    """Train MIND for `epochs` epochs in all (a resumed state continues where it stopped).
 
     Seeded by cfg.seed: the same inputs give bit-identical parameters on one machine, whether or
-    not the run was stopped and resumed between epochs. progress(epoch, step, steps, loss) is
-    called after every step, on_epoch(state) after every epoch (to write a checkpoint).
+    not the run was stopped and resumed, between epochs or within one. progress(epoch, step,
+    steps, loss) is called after every step, on_epoch(state) after every epoch (to write a
+    checkpoint); when stop() turns true (checked after every step, e.g. set by Ctrl-C), fit raises
+    TrainingInterrupted carrying the state, which save_state writes and fit(state=...) resumes.
     """
+    if len(train.target) == 0:
+        raise ValueError("no training examples: every training user has fewer than 2 behaviours")
     keep_temporaries_mapped()
     state = state or start(cfg, lr, dtype)
     sampler = LogUniformSampler.from_counts(np.bincount(train.target, minlength=cfg.num_items))
     profiles = ds.profiles[train.users]  # [N, P]
     steps = -(-len(train.target) // batch_size)
+    if state.order is not None and len(state.order) != len(train.target):
+        raise ValueError(f"the resumed epoch orders {len(state.order)} examples, this data has "
+                         f"{len(train.target)} (resume with the data the run started with)")
     while state.epoch < epochs:
-        order = state.rng.permutation(len(train.target))
-        total = 0.0
-        for step in range(steps):
-            idx = order[step * batch_size:(step + 1) * batch_size]
+        if state.order is None:  # a new epoch
+            state.order, state.step, state.total = state.rng.permutation(len(train.target)), 0, 0.0
+        while state.step < steps:
+            idx = state.order[state.step * batch_size:(state.step + 1) * batch_size]
             batch = M.Batch(train.hist[idx], profiles[idx], train.target[idx])
             b0, neg, log_q = M.train_draws(state.rng, cfg, batch, sampler, num_neg, dtype)
             loss, cache = M.loss_forward(state.params, cfg, ds.item_fields, batch, b0, neg, log_q)
             if not np.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {state.epoch}, step {step}; "
+                raise FloatingPointError(f"non-finite loss at epoch {state.epoch + 1}, step {state.step}; "
                                          "lower the learning rate (the last checkpoint is kept)")
             state.opt.step(state.params, M.loss_backward(cache))
-            total += loss
+            state.total += loss
+            state.step += 1
             if progress is not None:
-                progress(state.epoch, step, steps, loss)
-        state.losses.append(total / steps)
-        state.epoch += 1
+                progress(state.epoch, state.step - 1, steps, loss)
+            if stop is not None and stop() and state.step < steps:
+                raise TrainingInterrupted(state)
+        state.losses.append(state.total / steps)
+        state.epoch, state.order, state.step, state.total = state.epoch + 1, None, 0, 0.0
         if on_epoch is not None:
             on_epoch(state)
+        if stop is not None and stop() and state.epoch < epochs:
+            raise TrainingInterrupted(state)
     return state
 
 
@@ -88,20 +112,26 @@ def evaluate_model(params: dict, cfg: M.MINDConfig, ds: Dataset, cases: EvalSet,
 
 
 def save_state(folder, state: TrainState, cfg: M.MINDConfig, data: dict, fit_args: dict) -> None:
-    """A resumable checkpoint: parameters, Adam moments and step, RNG state, losses."""
+    """A resumable checkpoint: parameters, Adam moments and step, RNG state, losses, and within an
+    epoch the example order, the steps done and the loss sum so far."""
     train = {"epoch": state.epoch, "losses": state.losses, "adam_step": state.opt.t,
-             "lr": state.opt.lr, "rng": state.rng.bit_generator.state, "fit": fit_args}
-    checkpoint.save(folder, state.params, cfg, data, train, {"m": state.opt.m, "v": state.opt.v})
+             "lr": state.opt.lr, "rng": state.rng.bit_generator.state, "fit": fit_args,
+             "step": state.step, "total": state.total}
+    extra = {"order": state.order} if state.order is not None else {}
+    checkpoint.save(folder, state.params, cfg, data, train, {"m": state.opt.m, "v": state.opt.v}, extra)
 
 
 def load_state(folder) -> tuple[TrainState, M.MINDConfig, dict]:
     """The TrainState of a checkpoint written by save_state, its config and manifest."""
     params, cfg, manifest, moments = checkpoint.load(folder)
     train = manifest.get("train") or {}
+    order = checkpoint.load_extra(folder).get("order")
     if moments is None or "rng" not in train:
         raise checkpoint.CheckpointError(f"{folder}: holds parameters only, not a resumable training state")
     opt = Adam(params, lr=train["lr"], frozen=("serving_logits",))
     opt.m, opt.v, opt.t = moments["m"], moments["v"], train["adam_step"]
     rng = np.random.default_rng()
     rng.bit_generator.state = train["rng"]
-    return TrainState(params, opt, rng, train["epoch"], list(train["losses"])), cfg, manifest
+    state = TrainState(params, opt, rng, train["epoch"], list(train["losses"]), train.get("step", 0), order,
+                       train.get("total", 0.0))
+    return state, cfg, manifest

@@ -1,6 +1,11 @@
 """The command line end to end on small synthetic data, checkpoints and resume."""
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +14,7 @@ from mindref import checkpoint
 from mindref.cli import main
 from mindref.data import leave_one_out, synthetic
 from mindref.model import MINDConfig
-from mindref.train import fit, load_state, save_state
+from mindref.train import TrainingInterrupted, fit, load_state, save_state
 
 SMALL = ["--data-format", "synthetic", "--users", "150", "--dim", "8", "--K", "3", "--hidden", "16",
          "--max-len", "20", "--batch-size", "64", "--negatives", "16"]
@@ -34,6 +39,53 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     assert resumed.losses == straight.losses
     for name, value in straight.params.items():
         np.testing.assert_array_equal(resumed.params[name], value)
+
+
+def test_resume_within_an_epoch_is_exact(tmp_path):
+    """Stopped after step 3 of epoch 2 (stop() as Ctrl-C sets it), saved, loaded, resumed."""
+    ds, train, cfg = small_run()
+    straight = fit(cfg, ds, train, epochs=3, batch_size=32, num_neg=8)
+    calls = iter(range(10**6))
+    with pytest.raises(TrainingInterrupted) as stopped:
+        fit(cfg, ds, train, epochs=3, batch_size=32, num_neg=8, stop=lambda: next(calls) == 2 + 50)
+    assert stopped.value.state.step > 0 and stopped.value.state.order is not None
+    save_state(tmp_path, stopped.value.state, cfg, {}, {})
+    state, _, _ = load_state(tmp_path)
+    assert (state.epoch, state.step) == (stopped.value.state.epoch, stopped.value.state.step)
+    resumed = fit(cfg, ds, train, epochs=3, batch_size=32, num_neg=8, state=state)
+    assert resumed.losses == straight.losses
+    for name, value in straight.params.items():
+        np.testing.assert_array_equal(resumed.params[name], value)
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+    """A real SIGINT to a training process: it exits 130 with a checkpoint; rerunning the same
+    command finishes with the parameters of a run that was never interrupted."""
+    args = [*SMALL, "--users", "400", "--epochs", "6", "--batch-size", "16"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mindref", "train", *args, "--out", str(tmp_path / "a")],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (tmp_path / "a" / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.05)  # the first epoch's checkpoint: training is under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Run the same command to resume" in err
+    _, _, manifest, _ = checkpoint.load(tmp_path / "a")
+    assert manifest["train"]["epoch"] < 6
+    assert main(["train", *args, "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", *args, "--out", str(tmp_path / "b")]) == 0
+    a, b = checkpoint.load(tmp_path / "a")[0], checkpoint.load(tmp_path / "b")[0]
+    for name in b:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_unwritable_output_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", *SMALL, "--out", str(blocker / "run")]) == 2
+    assert "mindref train: error:" in capsys.readouterr().err
 
 
 def test_checkpoint_problems_are_named(tmp_path):
@@ -84,7 +136,7 @@ def test_train_then_evaluate_then_resume(tmp_path, capsys):
     m = json.loads(capsys.readouterr().out)["metrics"]
     assert 0 <= m["NDCG@50"] <= m["HR@50"] <= m["HR@100"] <= 1
     assert main(["train", *SMALL, "--epochs", "3", "--out", str(out)]) == 0
-    assert "resuming" in capsys.readouterr().out
+    assert "resuming" in capsys.readouterr().err
     _, _, manifest, _ = checkpoint.load(out)
     assert manifest["train"]["epoch"] == 3
 

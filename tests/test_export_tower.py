@@ -23,11 +23,13 @@ V, L_MAX, D = 40, 12, 8
 _cache: dict = {}
 
 
-def tower(name: str):
-    """(params, cfg, item_fields, onnx model, ReferenceEvaluator, TowerSession), built once."""
-    if name not in _cache:
+def tower(name: str, items: str = "features"):
+    """(params, cfg, item_fields, onnx model, ReferenceEvaluator, TowerSession), built once per
+    configuration; the parameters of one name are the same in both item modes."""
+    if (name, items) not in _cache:
         _, multi, profile, K, axis, dynamic, r = next(c for c in CONFIGS if c[0] == name)
-        rng = np.random.default_rng(len(_cache))
+        seed = [c[0] for c in CONFIGS].index(name)
+        rng = np.random.default_rng(seed)
         fields = [rng.integers(1, 6, (V, 1))]
         if multi:  # a multi-valued field with padding, as MovieLens genres
             fields.append(rng.integers(0, 9, (V, 3)))
@@ -35,19 +37,20 @@ def tower(name: str):
             f[0] = 0
         cfg = M.MINDConfig(num_items=V, field_sizes=tuple(int(f.max()) + 1 for f in fields),
                            profile_sizes=profile, dim=D, profile_dim=3, K=K, hidden=(10,), iterations=r,
-                           softmax_axis=axis, dynamic_k=dynamic, max_len=L_MAX, seed=len(_cache))
+                           softmax_axis=axis, dynamic_k=dynamic, max_len=L_MAX, seed=seed)
         params = M.init_params(cfg)
         params = {k: v * 3 if k.startswith(("item", "field")) else v for k, v in params.items()}  # spread
-        model = build_tower(params, cfg, tuple(f.shape[1] for f in fields))
-        _cache[name] = (params, cfg, tuple(fields), model, ReferenceEvaluator(model),
-                        TowerSession(model.SerializeToString(), cfg, tuple(fields), "cpu"))
-    return _cache[name]
+        model = build_tower(params, cfg, tuple(fields), items)
+        _cache[name, items] = (params, cfg, tuple(fields), model, ReferenceEvaluator(model),
+                               TowerSession(model.SerializeToString(), cfg, tuple(fields), "cpu"))
+    return _cache[name, items]
 
 
 @st.composite
 def requests(draw):
     name = draw(st.sampled_from([c[0] for c in CONFIGS]))
-    cfg = tower(name)[1]
+    items = draw(st.sampled_from(["table", "features"]))
+    cfg = tower(name, items)[1]
     B, L = draw(st.integers(1, 5)), draw(st.integers(1, L_MAX))
     lens = draw(st.lists(st.integers(1, L), min_size=B, max_size=B))
     seed = draw(st.integers(0, 2**31))
@@ -58,7 +61,7 @@ def requests(draw):
         hist = rng.permuted(hist, axis=1)
         hist[np.flatnonzero(~(hist != 0).any(1)), 0] = 1
     profile = np.stack([rng.integers(0, s, B) for s in cfg.profile_sizes], 1) if cfg.profile_sizes else None
-    return name, hist, profile
+    return (name, items), hist, profile
 
 
 def numpy_tower(params, cfg, fields, hist, profile):
@@ -73,8 +76,8 @@ def numpy_tower(params, cfg, fields, hist, profile):
 
 @given(requests())
 def test_numpy_reference_and_onnxruntime_agree(request):
-    name, hist, profile = request
-    params, cfg, fields, _, ref, session = tower(name)
+    (name, items), hist, profile = request
+    params, cfg, fields, _, ref, session = tower(name, items)
     V_np, mask_np, w_np = numpy_tower(params, cfg, fields, hist, profile)
     feeds = session.feeds(hist, profile)
     for V_x, mask_x, w_x in (ref.run(None, feeds), session.run(hist, profile)):
@@ -109,6 +112,9 @@ def test_model_is_pinned_checked_and_described():
     assert '"K": 4' in props["config"] and props["mindref_version"]
     names = [i.name for i in model.graph.input]
     assert names == ["item_ids", "field_0_ids", "profile_ids"]
+    assert [i.name for i in tower("base", "table")[3].graph.input] == ["item_ids", "profile_ids"]
+    with pytest.raises(ValueError, match="items must be one of"):
+        build_tower(*tower("base")[:2], tower("base")[2], "pooled")
     assert [o.name for o in model.graph.output] == ["interests", "interest_mask", "routing_weights"]
 
 
@@ -161,7 +167,8 @@ def test_synthetic_model_exports():
     cfg = M.MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
                        dim=8, K=4, max_len=20)
     params = M.init_params(cfg)
-    session = TowerSession(build_tower(params, cfg, (1,)).SerializeToString(), cfg, ds.item_fields, "cpu")
+    model = build_tower(params, cfg, ds.item_fields, "table")
+    session = TowerSession(model.SerializeToString(), cfg, ds.item_fields, "cpu")
     hist = np.zeros((3, 20), np.int64)
     for r, s in enumerate(ds.sequences[:3]):
         hist[r, :min(20, len(s))] = s[-20:]

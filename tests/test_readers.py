@@ -120,7 +120,7 @@ def test_generic_csv(tmp_path):
     with pytest.raises(DataFormatError, match=r"x.csv:2: item 'apple' has category 'veg'"):
         read_interactions_csv(tmp_path / "x.csv")
     (tmp_path / "x.csv").write_text("u1,apple,1\nu1,pear,soon\n")
-    with pytest.raises(DataFormatError, match="x.csv:2: timestamp must be a number"):
+    with pytest.raises(DataFormatError, match="x.csv:2: timestamp must be a finite number"):
         read_interactions_csv(tmp_path / "x.csv")
     (tmp_path / "x.csv").write_text("user,item,timestamp\n")
     with pytest.raises(DataFormatError, match="x.csv: no interactions found"):
