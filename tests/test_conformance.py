@@ -1,0 +1,183 @@
+"""The conformance kit passes correct ports and flags ports with the bugs found in public MIND code."""
+import math
+
+import numpy as np
+import pytest
+
+from mindref import conformance as C
+from mindref.model import MINDConfig
+
+# ---- correct ports, written independently of mindref's code ----------------------------------
+
+
+def squash_port(z):
+    n = np.linalg.norm(z, axis=-1, keepdims=True)
+    return z * n / (1 + n**2)
+
+
+def squash_vjp_port(z, dc):
+    n = np.linalg.norm(z, axis=-1, keepdims=True)
+    s = n / (1 + n**2)
+    ds_dn = (1 - n**2) / (1 + n**2) ** 2
+    u = np.divide(z, n, out=np.zeros_like(z), where=n > 0)
+    return s * dc + ds_dn * n * np.sum(u * dc, -1, keepdims=True) * u
+
+
+def interest_count_port(lengths, K):
+    return np.array([max(1, min(K, int(n).bit_length() - 1)) for n in lengths])
+
+
+def routing_port(e, S, b0, bmask, cmask, iterations, axis="interests", leak=None):
+    """Per user and per iteration, in loops: the paper's routing as read by mindref."""
+    B, L, d = e.shape
+    K = b0.shape[1]
+    u = np.zeros((B, K, d))
+    for b in range(B):
+        e_hat = e[b] @ S.T  # [L, d]
+        logits = b0[b].copy() if leak is None else leak.setdefault("b", b0[b].copy())
+        valid = np.outer(cmask[b], bmask[b])  # [K, L]
+        for t in range(int(iterations)):
+            w = np.zeros((K, L))
+            for k in range(K):
+                for i in range(L):
+                    if valid[k, i]:
+                        col = logits[:, i] if axis == "interests" else logits[k, :]
+                        ok = valid[:, i] if axis == "interests" else valid[k, :]
+                        w[k, i] = np.exp(logits[k, i] - col[ok].max()) / np.exp(col[ok] - col[ok].max()).sum()
+            u[b] = squash_port(w @ e_hat)
+            if t < int(iterations) - 1:
+                logits = logits + u[b] @ e_hat.T
+    return u
+
+
+def attention_port(V, e, cmask, p=2):
+    s = np.einsum("bkd,bd->bk", V, e)
+    logits = np.where(cmask, s**p, -np.inf)
+    a = np.exp(logits - logits.max(1, keepdims=True))
+    return np.einsum("bk,bkd->bd", a / a.sum(1, keepdims=True), V)
+
+
+def make_tower_port(params, cfg, item_fields, fresh_draw=False):
+    """The serving tower from mindref's parameters, in loops over users."""
+    rng = np.random.default_rng()
+
+    def tower(hist, profile):
+        B, L = hist.shape
+        out, masks = np.zeros((B, cfg.K, cfg.dim)), np.zeros((B, cfg.K), bool)
+        for b in range(B):
+            items = hist[b][hist[b] != 0]
+            embs = []
+            for it in items:
+                parts = [params["item_emb"][it]] + [params[f"field_emb_{f}"][item_fields[f][it][0]]
+                                                    for f in range(len(item_fields)) if item_fields[f][it][0]]
+                embs.append(np.mean(parts, 0))
+            n = len(items)
+            K_u = max(1, min(cfg.K, int(math.floor(math.log2(n)))))
+            b0 = rng.normal(size=(cfg.K, L)) if fresh_draw else params["serving_logits"][:, :L]
+            cmask = (np.arange(cfg.K) < K_u)[None]
+            u = routing_port(_place(hist[b], embs, cfg.dim), params["S"], b0[None], (hist[b] != 0)[None],
+                             cmask, cfg.iterations)[0]
+            prof = [params[f"profile_emb_{p}"][profile[b, p]] * (profile[b, p] != 0)
+                    for p in range(len(cfg.profile_sizes))]
+            x = np.concatenate([u, np.tile(np.concatenate(prof), (cfg.K, 1))], 1)
+            x = np.maximum(x @ params["dense_W_0"] + params["dense_b_0"], 0)
+            x = x @ params["dense_W_1"] + params["dense_b_1"]
+            out[b, :K_u], masks[b, :K_u] = x[:K_u], True
+        return out, masks
+
+    return tower
+
+
+def _place(row, embs, d):
+    e = np.zeros((1, len(row), d))
+    e[0, row != 0] = embs
+    return e
+
+
+# ---- the kit passes correct ports ---------------------------------------------------------------
+
+
+def test_correct_ports_pass():
+    assert C.check_squash(squash_port, squash_vjp_port) == 100
+    assert C.check_interest_count(interest_count_port) > 0
+    for axis in ("interests", "behaviours"):
+        C.check_routing(lambda *a, axis=axis: routing_port(*a, axis=axis), softmax_axis=axis, max_examples=60)
+    C.check_attention(attention_port, p=2)
+    C.check_attention(lambda V, e, m: attention_port(V, e, m, p=3), p=3)
+    C.check_user_tower(make_tower_port, max_examples=30)
+
+
+# ---- and flags the bugs found in public MIND code ------------------------------------------------
+
+
+def test_flags_padding_that_takes_softmax_mass():
+    """Softmax over all L behaviours, padding masked afterwards: the valid weights sum to < 1."""
+    def routing(e, S, b0, bmask, cmask, iterations):
+        e_hat = e @ S.T
+        b = b0.copy()
+        for _ in range(int(iterations)):
+            w = np.exp(b - b.max(2, keepdims=True))
+            w = w / w.sum(2, keepdims=True) * bmask[:, None, :] * cmask[:, :, None]  # mask after softmax
+            u = squash_port(w @ e_hat)
+            b = b + u @ e_hat.transpose(0, 2, 1)
+        return u
+    with pytest.raises(C.ConformanceError, match="routing output u differs") as err:
+        C.check_routing(routing, softmax_axis="behaviours")
+    assert "behaviour_mask" in str(err.value)
+
+
+def test_flags_routing_logits_carried_across_batches():
+    state = {}
+    with pytest.raises(C.ConformanceError, match="routing"):
+        C.check_routing(lambda *a: routing_port(*a, leak=state))
+
+
+def test_flags_sign_keeping_pow_on_negative_scores():
+    def attention(V, e, cmask):
+        s = np.einsum("bkd,bd->bk", V, e)
+        return _softmax_pool(V, np.sign(s) * np.abs(s) ** 2, cmask)  # keeps the sign: not pow
+    with pytest.raises(C.ConformanceError, match="attention output v"):
+        C.check_attention(attention, p=2)
+
+
+def _softmax_pool(V, logits, cmask):
+    logits = np.where(cmask, logits, -np.inf)
+    a = np.exp(logits - logits.max(1, keepdims=True))
+    return np.einsum("bk,bkd->bd", a / a.sum(1, keepdims=True), V)
+
+
+def test_flags_the_squash_misprint():
+    """z / ||z||^2 as printed in summaries of the paper: c = z / (1 + ||z||^2)."""
+    with pytest.raises(C.ConformanceError, match="squash output c differs"):
+        C.check_squash(lambda z: z / (1 + np.sum(z**2, -1, keepdims=True)))
+
+
+def test_flags_a_wrong_squash_gradient():
+    with pytest.raises(C.ConformanceError, match="squash gradient dz"):
+        C.check_squash(squash_port, lambda z, dc: squash_vjp_port(z, dc) * 1.001)
+
+
+def test_flags_interest_count_from_log2_of_n_plus_1():
+    with pytest.raises(C.ConformanceError, match=r"K = 2, \|I_u\| = 3: got 2, mindref 1"):
+        C.check_interest_count(lambda n, K: np.clip(np.floor(np.log2(1 + n)), 1, K).astype(int))
+
+
+def test_flags_a_random_draw_at_inference():
+    """DeepMatch #105: fresh routing logits at serving give different vectors call after call."""
+    with pytest.raises(C.ConformanceError, match="different outputs|inconsistent"):
+        C.check_user_tower(lambda p, c, f: make_tower_port(p, c, f, fresh_draw=True), max_examples=20)
+
+
+def test_flags_a_crash_with_the_input():
+    def routing(e, S, b0, bmask, cmask, iterations):
+        if bmask.shape[1] > 3:
+            raise IndexError("sequence too long for this port")
+        return routing_port(e, S, b0, bmask, cmask, iterations)
+    with pytest.raises(C.ConformanceError, match="raised IndexError") as err:
+        C.check_routing(routing)
+    assert err.value.args[0].count("\n") >= 3  # the (minimal) example follows
+
+
+def test_tower_config_is_honoured():
+    cfg = MINDConfig(num_items=20, field_sizes=(4,), profile_sizes=(3,), dim=4, K=2, hidden=(5,), max_len=6)
+    assert C.check_user_tower(make_tower_port, cfg, max_examples=10) == 10
