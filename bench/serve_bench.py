@@ -24,7 +24,7 @@ from common import DATA  # noqa: E402
 from mindref import checkpoint  # noqa: E402
 from mindref import model as M  # noqa: E402
 from mindref.datasets import load_dataset, split  # noqa: E402
-from mindref.export import TowerSession, build_annoy, build_tower, export_bundle, load_bundle  # noqa: E402
+from mindref.export import ItemIndex, TowerSession, build_tower, export_bundle, load_bundle  # noqa: E402
 from mindref.export.retrieval import Retriever  # noqa: E402
 from mindref.train import fit, save_state  # noqa: E402
 
@@ -93,8 +93,8 @@ def bench_beauty(args) -> dict:
     rows = np.arange(min(args.users, len(test.users)))
     hist, prof = test.hist[rows], ds.profiles[test.users[rows]]
     out = {}
-    for trees in args.trees:
-        export_bundle(bundle_dir, params, cfg, ds, n_trees=trees, overwrite=True)
+    for metric, trees in ((m, t) for m in args.metrics for t in args.trees):
+        export_bundle(bundle_dir, params, cfg, ds, n_trees=trees, overwrite=True, metric=metric)
         bundle = load_bundle(bundle_dir, "cpu")
         V = bundle.tower.run(hist, prof)
         def exact(bundle=bundle, V=V):
@@ -105,9 +105,9 @@ def bench_beauty(args) -> dict:
             r = Retriever(bundle.E, bundle.retriever.index, oversample=2, search_k=search_k)
             t = best_time(lambda: r.retrieve(V.interests, V.mask, hist, 50), 1)  # noqa: B023
             rec = recall(r.retrieve(V.interests, V.mask, hist, 50), truth)
-            key = f"trees {trees}, search_k {search_k}"
+            key = f"{metric}, trees {trees}, search_k {search_k}"
             out[key] = {"recall@50": rec, "users/s": len(rows) / t, "exact users/s": len(rows) / t_exact}
-            print(f"Beauty {key:>26}: recall@50 {rec:.3f}  {len(rows) / t:>8,.0f} users/s "
+            print(f"Beauty {key:>35}: recall@50 {rec:.3f}  {len(rows) / t:>8,.0f} users/s "
                   f"(exact, batched: {len(rows) / t_exact:,.0f})")
     return out
 
@@ -139,21 +139,21 @@ def bench_million(args) -> dict:
     out = {"exact queries/s (one at a time)": 1 / t_single,
            "exact queries/s (batches of 64)": len(Q) / t_batched}
     print(f"1M x {d}: exact {1 / t_single:,.0f} q/s one at a time, {len(Q) / t_batched:,.0f} q/s batched")
-    for trees in args.trees:
+    for metric, trees in ((m, t) for m in args.metrics for t in args.trees):
         t0 = time.perf_counter()
-        index = build_annoy(E, trees, seed=0, n_jobs=-1)
+        index = ItemIndex.build(E, trees, seed=0, metric=metric, n_jobs=-1)
         build = time.perf_counter() - t0
         for search_k in args.search_k:
             def query(index=index, search_k=search_k):
-                return [index.get_nns_by_vector(q, 50, search_k) for q in Q]
+                return [index.query(q, 50, search_k) for q in Q]
             t = best_time(query, 1)
-            found = np.array(query()) + 1
+            found = query()
             rec = float(np.mean([len(set(f) & set(t_)) / 50 for f, t_ in zip(found, truth)]))
-            key = f"trees {trees}, search_k {search_k}"
+            key = f"{metric}, trees {trees}, search_k {search_k}"
             out[key] = {"recall@50": rec, "queries/s": len(Q) / t, "build s": build,
                         "x exact one at a time": t_single / (t / len(Q)),
                         "x exact batched": (t_batched / len(Q)) / (t / len(Q))}
-            print(f"{key:>26}: recall@50 {rec:.3f}  {len(Q) / t:>8,.0f} q/s  "
+            print(f"{key:>35}: recall@50 {rec:.3f}  {len(Q) / t:>8,.0f} q/s  "
                   f"x{t_single * len(Q) / t:5.1f} of one-at-a-time exact, "
                   f"x{t_batched / t:5.2f} of batched exact (build {build:.0f}s)")
         del index
@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1024, help="million: query vectors")
     ap.add_argument("--trees", type=int, nargs="+", default=[50])
     ap.add_argument("--search-k", type=int, nargs="+", default=[-1])
+    ap.add_argument("--metrics", nargs="+", default=["angular", "dot"], choices=("angular", "dot"))
     ap.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "auto"), help="tower: onnxruntime's")
     ap.add_argument("--json", help="append the figures to this JSON-lines file")
     args = ap.parse_args()

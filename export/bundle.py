@@ -2,7 +2,7 @@
 
     tower.onnx         the user tower (mindref.export.tower)
     item_vectors.npy   E [V, d] float32, e_i = f_item(F_i); row 0 (padding) is 0
-    items.ann          Annoy 'dot' index of E[1:] (mindref.export.retrieval)
+    items.ann          Annoy index of E[1:] for inner products (mindref.export.retrieval.ItemIndex)
     item_fields.npz    each item side field's ids [V, F_f]: the tower's field inputs
     items.json         raw item ids, labels, field and profile vocabularies (for people and the CLI)
     manifest.json      schema, versions, model config, ONNX and Annoy settings, and each file's
@@ -30,7 +30,7 @@ from mindref.checkpoint import atomic_write
 from mindref.data import Dataset
 from mindref.model import MINDConfig, item_forward
 
-from .retrieval import Retriever, build_annoy, load_annoy
+from .retrieval import ItemIndex, Retriever
 from .runtime import TowerSession
 from .tower import IR_VERSION, OPSET, build_tower
 
@@ -43,7 +43,8 @@ class BundleError(ValueError):
 
 
 def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int = 50,
-                  seed: int = 0, overwrite: bool = False, items: str = "table") -> Path:
+                  seed: int = 0, overwrite: bool = False, items: str = "table",
+                  metric: str = "angular") -> Path:
     """Write the bundle of a trained model (params, cfg) over the dataset's items to `out`."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -55,7 +56,7 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_files(tmp, params, cfg, ds, n_trees, seed, items)
+        _write_files(tmp, params, cfg, ds, {"n_trees": n_trees, "seed": seed, "metric": metric}, items)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -64,14 +65,13 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
     return out
 
 
-def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int, seed: int,
-                 items: str) -> None:
+def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy: dict, items: str) -> None:
     tower = build_tower(params, cfg, ds.item_fields, items)
     atomic_write(folder / "tower.onnx", tower.SerializeToString())
     E, _ = item_forward({k: np.asarray(v, np.float32) for k, v in params.items()}, ds.item_fields,
                         np.arange(cfg.num_items))  # [V, d]
     atomic_write(folder / "item_vectors.npy", _npy(E))
-    build_annoy(E, n_trees, seed).save(str(folder / "items.ann"))
+    ItemIndex.build(E, **annoy).save(folder / "items.ann")
     buf = io.BytesIO()
     np.savez(buf, **{f"field_{f}": t for f, t in enumerate(ds.item_fields)})
     atomic_write(folder / "item_fields.npz", buf.getvalue())
@@ -83,7 +83,7 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, n_tre
     manifest = {"format": "mindref-bundle", "schema_version": SCHEMA_VERSION, "mindref_version": __version__,
                 "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()},
                 "onnx": {"ir_version": IR_VERSION, "opset": OPSET, "items": items},
-                "annoy": {"metric": "dot", "n_trees": n_trees, "seed": seed, "dim": cfg.dim},
+                "annoy": {**annoy, "dim": cfg.dim},
                 "files": {name: _stamp(folder / name) for name in FILES}}
     atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
 
@@ -167,9 +167,9 @@ def load_bundle(path: str | Path, provider: str = "auto", threads: int | None = 
         fields = tuple(z[f"field_{f}"] for f in range(len(cfg.field_sizes)))
     items = json.loads((path / "items.json").read_text(encoding="utf-8"))
     tower = TowerSession((path / "tower.onnx").read_bytes(), cfg, fields, provider, threads)
-    index = load_annoy(path / "items.ann", cfg.dim)
-    if index.get_n_items() != cfg.num_items - 1:
-        raise BundleError(f"{path / 'items.ann'}: {index.get_n_items()} items, expected {cfg.num_items - 1}")
+    index = ItemIndex.load(path / "items.ann", cfg.dim, manifest.get("annoy", {}).get("metric", "dot"))
+    if len(index) != cfg.num_items - 1:
+        raise BundleError(f"{path / 'items.ann'}: {len(index)} items, expected {cfg.num_items - 1}")
     return Bundle(path, cfg, tower, E, Retriever(E, index, oversample, search_k), items, manifest)
 
 

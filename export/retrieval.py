@@ -6,8 +6,8 @@ candidates are merged and re-scored exactly by Eq. (3),
 and the top N are returned with their scores and the interest that won each item. The exact mode
 scores every item (NumPy brute force) and is what the approximate mode is measured against.
 
-Annoy ('dot' metric) holds the item vectors of ids 1..V-1 at its positions 0..V-2: the padding
-id 0 is never in the index, so it can never be retrieved.
+ItemIndex (Annoy) holds the item vectors of ids 1..V-1 at its positions 0..V-2: the padding id 0
+is never in the index, so it can never be retrieved.
 """
 from __future__ import annotations
 
@@ -26,23 +26,60 @@ class Retrieved(NamedTuple):
     interests: np.ndarray  # [n] the interest k whose v_k . e_i is the max
 
 
-def build_annoy(E: np.ndarray, n_trees: int = 50, seed: int = 0, n_jobs: int = 1) -> AnnoyIndex:
-    """An Annoy 'dot' index of the item vectors E [V, d] without the padding row 0.
-    Seeded (set_seed before adding): the same vectors, trees and n_jobs give the same index."""
-    if n_trees < 1:
-        raise ValueError(f"n_trees must be >= 1, got {n_trees}")
-    index = AnnoyIndex(E.shape[1], "dot")
-    index.set_seed(seed)
-    for i in range(1, E.shape[0]):
-        index.add_item(i - 1, E[i])
-    index.build(n_trees, n_jobs=n_jobs)
-    return index
+METRICS = ("angular", "dot")
 
 
-def load_annoy(path: str | Path, dim: int) -> AnnoyIndex:
-    index = AnnoyIndex(dim, "dot")
-    index.load(str(path))
-    return index
+class ItemIndex:
+    """Annoy over the item vectors E[1:] for maximum inner product search; position j holds item
+    id j + 1 (the padding id 0 is never indexed, so it is never retrieved).
+
+    metric 'angular' (default, measured better: docs/results.md): every item gets one more
+    coordinate sqrt(M^2 - ||e_i||^2), M the largest norm, so all items have norm M; a query gets 0
+    there, and the angular nearest neighbours are then exactly the largest inner products
+    (Bachrach et al. 2014, the "Xbox" transform). metric 'dot': Annoy's own inner-product index.
+    Either way the Retriever re-scores candidates exactly, so the metric decides recall only."""
+
+    def __init__(self, annoy: AnnoyIndex, metric: str):
+        self.annoy, self.metric = annoy, metric
+
+    @classmethod
+    def build(cls, E: np.ndarray, n_trees: int = 50, seed: int = 0, metric: str = "angular",
+              n_jobs: int = 1) -> ItemIndex:
+        """Seeded (set_seed before adding): the same vectors, settings and n_jobs give the same bytes."""
+        if n_trees < 1:
+            raise ValueError(f"n_trees must be >= 1, got {n_trees}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        X = E[1:].astype(np.float64)
+        if metric == "angular":
+            norms2 = np.einsum("ij,ij->i", X, X)
+            X = np.hstack([X, np.sqrt(norms2.max() - norms2)[:, None]])  # [V - 1, d + 1], all of norm M
+        annoy = AnnoyIndex(X.shape[1], metric)
+        annoy.set_seed(seed)
+        for j, x in enumerate(X):
+            annoy.add_item(j, x)
+        annoy.build(n_trees, n_jobs=n_jobs)
+        return cls(annoy, metric)
+
+    @classmethod
+    def load(cls, path: str | Path, dim: int, metric: str) -> ItemIndex:
+        """An index saved by save(); dim is the item vectors' size d."""
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        annoy = AnnoyIndex(dim + (metric == "angular"), metric)
+        annoy.load(str(path))
+        return cls(annoy, metric)
+
+    def save(self, path: str | Path) -> None:
+        self.annoy.save(str(path))
+
+    def __len__(self) -> int:
+        return self.annoy.get_n_items()
+
+    def query(self, v: np.ndarray, n: int, search_k: int = -1) -> np.ndarray:
+        """Item ids (>= 1) of about the n largest v . e_i."""
+        q = np.append(v, 0.0) if self.metric == "angular" else v
+        return np.asarray(self.annoy.get_nns_by_vector(q, n, search_k), dtype=np.int64) + 1
 
 
 def eq3(V: np.ndarray, mask: np.ndarray, E_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,11 +91,11 @@ def eq3(V: np.ndarray, mask: np.ndarray, E_c: np.ndarray) -> tuple[np.ndarray, n
 class Retriever:
     """Top-N items of users given their interests V [B, K, d] and interest masks [B, K].
 
-    index: an Annoy index over E (None: exact only); oversample: each interest asks the index for
+    index: an ItemIndex over E (None: exact only); oversample: each interest asks the index for
     oversample * n candidates (plus the history's length, which is excluded afterwards);
     search_k: Annoy's nodes inspected per query (-1: n_trees * n, Annoy's default)."""
 
-    def __init__(self, E: np.ndarray, index: AnnoyIndex | None = None, oversample: int = 2,
+    def __init__(self, E: np.ndarray, index: ItemIndex | None = None, oversample: int = 2,
                  search_k: int = -1):
         if oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {oversample}")
@@ -85,8 +122,8 @@ class Retriever:
 
     def _approximate(self, V: np.ndarray, mask: np.ndarray, hist: np.ndarray, n: int) -> Retrieved:
         ask = self.oversample * n + int((hist != 0).sum())
-        found = [self.index.get_nns_by_vector(V[k], ask, self.search_k) for k in np.flatnonzero(mask)]
-        cand = np.unique(np.concatenate(found).astype(np.int64)) + 1  # Annoy position -> item id
+        found = [self.index.query(V[k], ask, self.search_k) for k in np.flatnonzero(mask)]
+        cand = np.unique(np.concatenate(found))
         cand = cand[~np.isin(cand, hist)]
         scores, _ = eq3(V, mask, self.E[cand])
         order = np.lexsort((cand, -scores))[:n]  # by score, ties: lower id first

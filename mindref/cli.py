@@ -234,9 +234,10 @@ def cmd_export(args) -> int:
     export = _serving()
     params, cfg, manifest, _ = checkpoint.load(args.model)
     ds, _ = load_dataset(manifest.get("data") or {})
-    out = export.export_bundle(args.out, params, cfg, ds, args.trees, args.seed, args.force)
-    print(f"bundle {out}: tower.onnx (IR {export.IR_VERSION}, opset {export.OPSET}), "
-          f"{cfg.num_items - 1:,} item vectors, Annoy index with {args.trees} trees")
+    out = export.export_bundle(args.out, params, cfg, ds, args.trees, args.seed, args.force, args.items,
+                               args.metric)
+    print(f"bundle {out}: tower.onnx (IR {export.IR_VERSION}, opset {export.OPSET}, items={args.items}), "
+          f"{cfg.num_items - 1:,} item vectors, Annoy index ({args.metric}, {args.trees} trees)")
     return 0
 
 
@@ -357,6 +358,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="bundle folder")
     p.add_argument("--trees", type=int, default=50, help="Annoy trees (docs/results.md)")
     p.add_argument("--seed", type=int, default=0, help="Annoy's seed")
+    p.add_argument("--metric", choices=("angular", "dot"), default="angular",
+                   help="Annoy: 'angular' over norm-equalised vectors (measured better) or Annoy's 'dot'")
+    p.add_argument("--items", choices=("table", "features"), default="table",
+                   help="tower input: item ids over a precomputed S e_i table, or item side-field ids too")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.set_defaults(func=cmd_export)
     for name, help_text in (("retrieve", "top-N items of a user (--history) or of a file of users (--users)"),

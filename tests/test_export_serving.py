@@ -16,8 +16,14 @@ from mindref.train import fit
 require("onnx")
 require("onnxruntime")
 require("annoy")
-from mindref.export import BundleError, Retriever, export_bundle, load_bundle, recommend  # noqa: E402
-from mindref.export.retrieval import build_annoy  # noqa: E402
+from mindref.export import (  # noqa: E402
+    BundleError,
+    ItemIndex,  # noqa: E402
+    Retriever,
+    export_bundle,
+    load_bundle,
+    recommend,
+)
 
 SPEC = {"format": "synthetic", "users": 300, "seed": 4, "protocol": "loo", "max_len": 30}
 
@@ -74,11 +80,12 @@ def test_annoy_recall_against_exact(trained):
 def test_padding_is_never_retrieved_and_tiny_catalogs_work():
     E = np.zeros((4, 3), np.float32)
     E[1:] = np.eye(3)
-    r = Retriever(E, build_annoy(E, 3), oversample=1)
     V = -np.ones((1, 2, 3), np.float32)  # every real item scores -1, below the padding row's 0
-    for exact in (True, False):
-        got = r.retrieve(V, np.array([[True, False]]), np.array([[2]]), n=10, exact=exact)[0]
-        assert sorted(got.items.tolist()) == [1, 3]
+    for metric in ("angular", "dot"):
+        r = Retriever(E, ItemIndex.build(E, 3, metric=metric), oversample=1)
+        for exact in (True, False):
+            got = r.retrieve(V, np.array([[True, False]]), np.array([[2]]), n=10, exact=exact)[0]
+            assert sorted(got.items.tolist()) == [1, 3]
 
 
 def test_retrieval_is_deterministic_across_processes(trained):
@@ -90,10 +97,10 @@ def test_retrieval_is_deterministic_across_processes(trained):
     # the same vectors, trees and seed give the same index bytes
     a, b = root / "a.ann", root / "b.ann"
     E = np.load(root / "bundle" / "item_vectors.npy")
-    build_annoy(E, 5, seed=1).save(str(a))
-    code = (f"import numpy as np; from mindref.export.retrieval import build_annoy; "
+    ItemIndex.build(E, 5, seed=1).save(a)
+    code = (f"import numpy as np; from mindref.export import ItemIndex; "
             f"E = np.load({str(root / 'bundle' / 'item_vectors.npy')!r}); "
-            f"build_annoy(E, 5, seed=1).save({str(b)!r})")
+            f"ItemIndex.build(E, 5, seed=1).save({str(b)!r})")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert a.read_bytes() == b.read_bytes()
 
