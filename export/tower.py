@@ -28,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mindref import __version__
+from mindref.checks import check_float
 from mindref.model import MINDConfig, item_forward, num_dense
 
 # onnx 1.23 stamps IR 14 by default, which onnxruntime 1.31 refuses; IR 10 / opset 21 load in
@@ -75,6 +76,8 @@ def build_tower(params: dict, cfg: MINDConfig, item_fields: tuple, items: str = 
         raise ValueError(f"items must be one of {ITEM_MODES}, got {items!r}")
     if len(item_fields) != len(cfg.field_sizes):
         raise ValueError(f"the model has {len(cfg.field_sizes)} item side fields, got {len(item_fields)}")
+    for name, value in params.items():
+        check_float(name, value)  # a NaN would reach every user silently
     g = _Builder()
     f32 = {k: np.asarray(v, np.float32) for k, v in params.items()}
     c = _constants(g, cfg)

@@ -155,3 +155,18 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", *SMALL, "--K", "0", "--out", str(tmp_path)])
+
+
+def test_non_finite_loss_stops_with_the_last_checkpoint_kept(tmp_path):
+    ds, train, cfg = small_run()
+    def keep(s):
+        save_state(tmp_path, s, cfg, {}, {})
+
+    fit(cfg, ds, train, epochs=1, batch_size=32, num_neg=8, on_epoch=keep)
+    before = (tmp_path / "params.npz").read_bytes()
+    state, _, _ = load_state(tmp_path)
+    state.params["S"][:] = np.inf  # what a diverging run produces
+    with np.errstate(all="ignore"), pytest.raises(FloatingPointError,
+                                                  match="non-finite loss at epoch 2, step 0.*checkpoint is kept"):
+        fit(cfg, ds, train, epochs=2, batch_size=32, num_neg=8, state=state, on_epoch=keep)
+    assert (tmp_path / "params.npz").read_bytes() == before

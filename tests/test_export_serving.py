@@ -116,10 +116,23 @@ def test_bundle_tower_equals_the_numpy_model(trained):
     assert np.abs(out.interests - V_np).max() <= 1e-5
 
 
+BUNDLE_FILES = ["tower.onnx", "item_vectors.npy", "items.ann", "item_fields.npz", "items.json"]
+
+
+@pytest.mark.parametrize("name", BUNDLE_FILES)
+def test_each_bundle_file_is_verified(trained, tmp_path, name):
+    """Every file in turn: truncated, one bit flipped, deleted: refused, naming the file."""
+    import shutil
+    for damage, message in ((lambda p: p.write_bytes(p.read_bytes()[:-7]), "bytes, the manifest says"),
+                            (_flip, "checksum differs"), (lambda p: p.unlink(), "missing")):
+        bundle = tmp_path / f"b-{message[:5]}"
+        shutil.copytree(trained[4] / "bundle", bundle)
+        damage(bundle / name)
+        with pytest.raises(BundleError, match=f"{name}: .*{message}"):
+            load_bundle(bundle, "cpu")
+
+
 @pytest.mark.parametrize("damage, message", [
-    (lambda b: (b / "items.ann").write_bytes((b / "items.ann").read_bytes()[:-100]), "items.ann: .* bytes"),
-    (lambda b: _flip(b / "tower.onnx"), "tower.onnx: checksum differs"),
-    (lambda b: (b / "item_vectors.npy").unlink(), "item_vectors.npy: missing"),
     (lambda b: (b / "manifest.json").write_text("{not json"), "manifest.json: not valid JSON"),
     (lambda b: (b / "manifest.json").unlink(), "manifest.json: missing"),
     (lambda b: _edit_manifest(b, schema_version=99), "schema version 99"),
@@ -143,6 +156,15 @@ def _edit_manifest(bundle, **changes):
     m = json.loads((bundle / "manifest.json").read_text())
     m.update(changes)
     (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def test_non_finite_parameters_are_not_exported(trained, tmp_path):
+    ds, _, cfg, params, _ = trained
+    bad = dict(params, S=params["S"].copy())
+    bad["S"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="S: contains NaN or inf"):
+        export_bundle(tmp_path / "b", bad, cfg, ds)
+    assert not (tmp_path / "b").exists()
 
 
 def test_raw_ids_and_requests(trained):
