@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mindref import __version__
-from mindref.checkpoint import atomic_write
+from mindref.checkpoint import atomic_write, read_json_object
 from mindref.data import Dataset
 from mindref.model import MINDConfig, item_forward
 
@@ -174,13 +174,9 @@ def load_bundle(path: str | Path, provider: str = "auto", threads: int | None = 
 
 
 def _manifest(path: Path) -> dict:
-    if not path.is_file():
-        raise BundleError(f"{path}: missing (is {path.parent} a mindref bundle? `mindref export` writes one)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "mindref-bundle":
+    hint = f"is {path.parent} a mindref bundle? `mindref export` writes one"
+    manifest = read_json_object(path, BundleError, hint)
+    if manifest.get("format") != "mindref-bundle":
         raise BundleError(f"{path}: not a mindref bundle manifest")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(f"{path}: schema version {manifest.get('schema_version')!r}, this mindref reads "

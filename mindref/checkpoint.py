@@ -97,15 +97,21 @@ def load_extra(folder: str | Path) -> dict:
         return {k[len("train."):]: z[k] for k in z.files if k.startswith("train.")}
 
 
-def _read_manifest(path: Path) -> dict:
+def read_json_object(path: Path, error: type[ValueError], missing_hint: str) -> dict:
+    """The JSON object in path, or `error` naming the file: missing, not JSON, not an object."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing (is {path.parent} a mindref checkpoint?)")
+        raise error(f"{path}: missing ({missing_hint})")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+        raise error(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_manifest(path: Path) -> dict:
+    manifest = read_json_object(path, CheckpointError, f"is {path.parent} a mindref checkpoint?")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise CheckpointError(f"{path}: schema version {version!r}, this mindref reads version "
