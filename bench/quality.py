@@ -4,7 +4,7 @@
     python bench/quality.py --data beauty --only base K=1              # some variants
 
 Every MIND variant changes one setting of BASE; all use leave-one-out, full ranking, history
-excluded, seed 0. docs/results.md is made from these lines by bench/report.py.
+excluded, seed 0 (--seed for others). docs/results.md is made from these lines by bench/report.py.
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help=f"a subset of {list(BASELINES) + list(VARIANTS)}")
     ap.add_argument("--category", default="last", help="Beauty's category rule: last|first|all|none")
     ap.add_argument("--protocol", choices=("loo", "strong"), default="loo")
+    ap.add_argument("--seed", type=int, default=0, help="MIND's seed (initialisation, order, draws)")
     args = ap.parse_args()
     ds = load(args.data, args.category)
     protocol = leave_one_out if args.protocol == "loo" else strong_generalisation
@@ -63,13 +64,14 @@ def main() -> None:
             row = {"valid": evaluate(score, valid, ds.num_items), "test": evaluate(score, test, ds.num_items)}
         else:
             cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes,
-                             profile_sizes=ds.profile_sizes, **{**BASE, **VARIANTS[name]})
+                             profile_sizes=ds.profile_sizes, **{**BASE, **VARIANTS[name], "seed": args.seed})
             state = fit(cfg, ds, train, **FIT)
             row = {"config": VARIANTS[name], "fit": FIT, "losses": [round(x, 4) for x in state.losses],
                    "valid": evaluate_model(state.params, cfg, ds, valid),
                    "test": evaluate_model(state.params, cfg, ds, test)}
         label = name if args.category == "last" else f"{name}, category={args.category}"
         label = label if args.protocol == "loo" else f"{label}, strong generalisation"
+        label = label if args.seed == 0 or name in BASELINES else f"{label}, seed {args.seed}"
         row = {"data": args.data, "model": label, "seconds": round(time.perf_counter() - t0), **row}
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
