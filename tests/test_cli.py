@@ -81,6 +81,23 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
         np.testing.assert_array_equal(a[name], b[name])
 
 
+def test_a_killed_run_never_leaves_a_corrupt_checkpoint(tmp_path):
+    """SIGKILL (no handler can run) at several moments of a run that checkpoints every epoch:
+    what is on disk always loads, because every file is written aside and renamed."""
+    args = [sys.executable, "-m", "mindref", "train", *SMALL, "--users", "60", "--epochs", "400",
+            "--batch-size", "64", "--out", str(tmp_path / "run")]
+    for delay in (0.5, 1.3, 2.1):
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (tmp_path / "run" / "config.json").exists() and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        state, _, manifest = load_state(tmp_path / "run")  # raises CheckpointError if torn
+        assert manifest["train"]["epoch"] == state.epoch >= 1
+
+
 def test_unwritable_output_fails_before_training(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
