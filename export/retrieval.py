@@ -91,24 +91,31 @@ def eq3(V: np.ndarray, mask: np.ndarray, E_c: np.ndarray) -> tuple[np.ndarray, n
 class Retriever:
     """Top-N items of users given their interests V [B, K, d] and interest masks [B, K].
 
+    exact_below: with exact=None (auto), catalogs of at most this many items are searched exactly
+    (docs/results.md: below about 10^5 items brute force is both faster and exact on a CPU).
     index: an ItemIndex over E (None: exact only); oversample: each interest asks the index for
     oversample * n candidates (plus the history's length, which is excluded afterwards);
     search_k: Annoy's nodes inspected per query (-1: n_trees * n, Annoy's default)."""
 
     def __init__(self, E: np.ndarray, index: ItemIndex | None = None, oversample: int = 2,
-                 search_k: int = -1):
+                 search_k: int = -1, exact_below: int = 200_000):
         if oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {oversample}")
         self.E, self.index, self.oversample, self.search_k = E, index, oversample, search_k
+        self.exact_below = exact_below
 
     def retrieve(self, V: np.ndarray, mask: np.ndarray, hist: np.ndarray | None = None, n: int = 50,
-                 exact: bool = False) -> list[Retrieved]:
-        """One Retrieved per user. hist [B, L] (0 = padding): those items are excluded; None keeps them."""
+                 exact: bool | None = None) -> list[Retrieved]:
+        """One Retrieved per user. hist [B, L] (0 = padding): those items are excluded; None keeps
+        them. exact: True brute force, False the ANN index, None (auto) brute force for catalogs
+        of at most exact_below items or without an index."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if V.ndim != 3 or mask.shape != V.shape[:2] or V.shape[2] != self.E.shape[1]:
             raise ValueError(f"interests {list(V.shape)} and mask {list(mask.shape)} do not fit item vectors "
                              f"{list(self.E.shape)}")
+        if exact is None:
+            exact = self.index is None or len(self.E) - 1 <= self.exact_below
         if not exact and self.index is None:
             raise ValueError("no ANN index: build one or ask for exact retrieval")
         hist = np.zeros((V.shape[0], 1), np.int64) if hist is None else np.asarray(hist)

@@ -34,7 +34,7 @@ def encode(bundle: Bundle, histories: list[list], profiles: list[list] | None = 
 
 
 def recommend(bundle: Bundle, histories: list[list], profiles: list[list] | None = None, n: int = 50,
-              exact: bool = False, exclude_history: bool = True) -> list[dict]:
+              exact: bool | None = None, exclude_history: bool = True) -> list[dict]:
     """For each user: the top n items as raw ids with Eq. (3) scores and the winning interest."""
     hist, profile = encode(bundle, histories, profiles)
     out = bundle.tower.run(hist, profile)
@@ -47,8 +47,8 @@ def _as_dict(bundle: Bundle, r: Retrieved, interests: int) -> dict:
             "interest": [int(k) for k in r.interests], "interests": interests}
 
 
-def recommend_stream(bundle: Bundle, lines: Iterable[str], n: int = 50, batch: int = 1024, exact: bool = False
-                     ) -> Iterator[dict]:
+def recommend_stream(bundle: Bundle, lines: Iterable[str], n: int = 50, batch: int = 1024,
+                     exact: bool | None = None) -> Iterator[dict]:
     """Requests as JSON lines -> one result dict per request, in order, `batch` users at a time.
     A malformed line raises ValueError naming its line number."""
     chunk: list[tuple[int, dict]] = []
@@ -73,7 +73,7 @@ def _request(number: int, text: str) -> dict:
     return req
 
 
-def _serve_chunk(bundle: Bundle, chunk: list, n: int, exact: bool) -> Iterator[dict]:
+def _serve_chunk(bundle: Bundle, chunk: list, n: int, exact: bool | None) -> Iterator[dict]:
     try:
         histories = [req["history"] for _, req in chunk]
         profiles = [req["profile"] for _, req in chunk] if any("profile" in r for _, r in chunk) else None

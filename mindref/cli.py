@@ -258,7 +258,7 @@ def cmd_retrieve(args) -> int:
     if not args.history:
         raise ValueError("give --history ID,ID,... or --users FILE")
     res = export.recommend(bundle, [_split_ids(args.history)],
-                           [_split_ids(args.profile)] if args.profile else None, args.n, args.exact,
+                           [_split_ids(args.profile)] if args.profile else None, args.n, _exact(args),
                            not args.include_history)[0]
     if args.json:
         print(json.dumps(res))
@@ -269,6 +269,10 @@ def cmd_retrieve(args) -> int:
     return 0
 
 
+def _exact(args) -> bool | None:
+    return {"auto": None, "exact": True, "annoy": False}[args.search]
+
+
 def _retrieve_file(export, bundle, args) -> int:
     if not args.out:
         raise ValueError("--users needs --out FILE")
@@ -277,7 +281,7 @@ def _retrieve_file(export, bundle, args) -> int:
         total = sum(1 for line in src if line.strip())
     bar = _bar(total, "retrieve", "user")
     with open(args.users, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
-        for res in export.recommend_stream(bundle, src, args.n, args.batch_size, args.exact):
+        for res in export.recommend_stream(bundle, src, args.n, args.batch_size, _exact(args)):
             dst.write(json.dumps(res) + "\n")
             bar.update(1)
     bar.close()
@@ -380,7 +384,9 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--users", type=Path, help='JSON lines {"user":..,"history":[..],"profile":[..]}')
             p.add_argument("--out", type=Path, help="JSON lines of results (with --users)")
             p.add_argument("--batch-size", type=int, default=1024)
-            p.add_argument("--exact", action="store_true", help="brute-force Eq. (3) over every item")
+            p.add_argument("--search", choices=("auto", "exact", "annoy"), default="auto",
+                           help="exact: Eq. (3) over every item; annoy: the index; auto: exact up to "
+                                "200,000 items (measured faster there, docs/results.md)")
             p.add_argument("--include-history", action="store_true")
             p.add_argument("--json", action="store_true")
     return ap

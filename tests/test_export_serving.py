@@ -68,13 +68,25 @@ def test_annoy_recall_against_exact(trained):
     hist = test.hist[:100]
     out = bundle.tower.run(hist, ds.profiles[test.users[:100]])
     exact = bundle.retriever.retrieve(out.interests, out.mask, hist, n=50, exact=True)
-    approx = bundle.retriever.retrieve(out.interests, out.mask, hist, n=50)
+    approx = bundle.retriever.retrieve(out.interests, out.mask, hist, n=50, exact=False)
     recall = np.mean([len(set(a.items) & set(e.items)) / 50 for a, e in zip(approx, exact)])
     assert recall >= 0.9, recall
     for a, b in zip(approx, range(100)):
         s = np.where(out.mask[b][:, None], out.interests[b] @ bundle.E[a.items].T, -np.inf).max(0)
         np.testing.assert_allclose(a.scores, s, rtol=1e-6)
         assert not np.isin(a.items, hist[b]).any() and 0 not in a.items
+
+
+def test_auto_search_is_exact_for_small_catalogs(trained):
+    ds, test, _, _, root = trained
+    bundle = load_bundle(root / "bundle", "cpu")
+    out = bundle.tower.run(test.hist[:5], ds.profiles[test.users[:5]])
+    auto = bundle.retriever.retrieve(out.interests, out.mask, test.hist[:5], 20)
+    exact = bundle.retriever.retrieve(out.interests, out.mask, test.hist[:5], 20, exact=True)
+    assert all(np.array_equal(a.items, e.items) for a, e in zip(auto, exact))
+    bundle.retriever.exact_below = 10  # a "large" catalog: auto asks the index
+    approx = bundle.retriever.retrieve(out.interests, out.mask, test.hist[:5], 20)
+    assert all(len(a.items) == 20 for a in approx)
 
 
 def test_padding_is_never_retrieved_and_tiny_catalogs_work():
