@@ -38,12 +38,31 @@ def max_score_forward(V: np.ndarray, capsule_mask: np.ndarray, e_pos: np.ndarray
     if not capsule_mask.any(-1).all():
         raise ValueError("max-score loss: a user has no valid interest")
     s_pos = np.where(capsule_mask, np.einsum("bkd,bd->bk", V, e_pos), -np.inf)  # [B, K]
-    s_neg = np.where(capsule_mask[:, :, None], V @ e_neg.T, -np.inf)  # [B, K, S]
-    k_pos, k_neg = s_pos.argmax(1), s_neg.argmax(1)  # [B], [B, S]  Eq. (3)'s arg max
+    k_pos = s_pos.argmax(1)  # [B]  Eq. (3)'s arg max
     o_pos = np.take_along_axis(s_pos, k_pos[:, None], 1)[:, 0]  # [B]
-    o_neg = np.take_along_axis(s_neg, k_neg[:, None], 1)[:, 0]  # [B, S]
+    o_neg, k_neg = _max_over_interests(V, capsule_mask, e_neg)  # [B, S], [B, S]
     loss, prob_pos, prob_neg = candidate_softmax(o_pos, o_neg, pos_ids, neg_ids, log_q_pos, log_q_neg)
     return loss, MaxScoreCache(V, e_pos, e_neg, k_pos, k_neg, prob_pos, prob_neg)
+
+
+def _max_over_interests(V: np.ndarray, capsule_mask: np.ndarray, e_neg: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """max_k and arg max_k of v_k . e_s over the valid interests: [B, S] each.
+
+    Running maxima m_k = max(s_0..s_k) over the K slices (K is small): the max is m_{K-1}, and the
+    arg max (the first k reaching it, as argmax) is the number of m_k still below it. This avoids
+    an argmax along the strided middle axis of [B, K, S], once the slowest part of the step."""
+    B, K, d = V.shape
+    scores = (V.reshape(B * K, d) @ e_neg.T).reshape(B, K, -1)  # [B, K, S], one GEMM
+    scores[~capsule_mask] = -np.inf  # masked interests never win
+    running = [scores[:, 0]]
+    for k in range(1, K):
+        running.append(np.maximum(running[-1], scores[:, k]))  # [B, S]
+    best = running[-1]
+    winner = np.zeros(best.shape, dtype=np.int64)
+    for m in running[:-1]:
+        winner += m < best
+    return best, winner
 
 
 def max_score_backward(dloss: float, cache: MaxScoreCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
