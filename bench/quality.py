@@ -34,6 +34,9 @@ VARIANTS = {
     "max": {"attention": "max"}, "max, K=2": {"attention": "max", "K": 2},
     "max, K=8": {"attention": "max", "K": 8},
     "p=0, sigma=0.1": {"p": 0.0, "sigma": 0.1}, "max, sigma=0.1": {"attention": "max", "sigma": 0.1},
+    "max, sigma=0.1, K=2": {"attention": "max", "sigma": 0.1, "K": 2},
+    "max, sigma=0.1, dynamic K off": {"attention": "max", "sigma": 0.1, "dynamic_k": False},
+    "max, sigma=0.1, r=1": {"attention": "max", "sigma": 0.1, "iterations": 1},
 }
 BASELINES = ("MostPopular", "ItemCF", "WALS", "MaxMF")
 

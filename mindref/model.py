@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import attention, dense, embedding, max_score_loss, routing, sampled_softmax
-from .checks import check_ids
+from .checks import check_float, check_ids
 from .samplers import Sampler
 from .sparse import RowSparseGrad, segment_sum, unique_ids
 
@@ -71,6 +71,19 @@ def init_params(cfg: MINDConfig, dtype=np.float32) -> dict[str, np.ndarray]:
     # the fixed draw of initial routing logits used at serving (DeepMatch #105: never redraw)
     params["serving_logits"] = routing.init_logits(rng, (cfg.K, cfg.max_len), cfg.sigma, dtype)
     return params
+
+
+def check_params(params: dict, cfg: MINDConfig) -> None:
+    """Every parameter the config needs, of its shape, floating and finite; ValueError naming the
+    first problem. O(parameters): checked once where training or scoring starts, not per batch."""
+    for name, like in init_params(cfg, np.float32).items():
+        if name not in params:
+            raise ValueError(f"parameters: {name} is missing")
+        value = params[name]
+        if value.shape != like.shape:
+            raise ValueError(f"parameters: {name} has shape {list(value.shape)}, "
+                             f"the config needs {list(like.shape)}")
+        check_float(name, value)
 
 
 def num_dense(cfg: MINDConfig) -> int:

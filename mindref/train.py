@@ -60,6 +60,7 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
         raise ValueError("no training examples: every training user has fewer than 2 behaviours")
     keep_temporaries_mapped()
     state = state or start(cfg, lr, dtype)
+    M.check_params(state.params, cfg)
     sampler = LogUniformSampler.from_counts(np.bincount(train.target, minlength=cfg.num_items))
     profiles = ds.profiles[train.users]  # [N, P]
     steps = -(-len(train.target) // batch_size)
@@ -95,6 +96,7 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
 
 def scorer(params: dict, cfg: M.MINDConfig, ds: Dataset) -> Callable:
     """score(users, hist) -> [b, V] by Eq. (3) with the serving user tower (no randomness)."""
+    M.check_params(params, cfg)
     E, _ = M.item_forward(params, ds.item_fields, np.arange(cfg.num_items))  # [V, d]
     E_hat = E @ params["S"].T  # [V, d]  S e_i of every item, once (row 0: padding, 0)
 

@@ -176,3 +176,18 @@ def test_scorer_equals_eq3_over_user_vectors():
     V, cmask = M.user_vectors(params, cfg, ds.item_fields, test.hist, ds.profiles[test.users])
     np.testing.assert_allclose(scorer(params, cfg, ds)(test.users, test.hist), max_scores(V, cmask, E),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_bad_parameters_are_named_before_any_work():
+    ds = synthetic(num_users=30, seed=1)
+    cfg = M.MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                       dim=8, K=2, hidden=(8,), max_len=10)
+    params = M.init_params(cfg)
+    changes = ((lambda p: p.pop("S"), "S is missing"),
+               (lambda p: p.update(S=np.zeros((3, 3), np.float32)), r"S has shape \[3, 3\]"),
+               (lambda p: p["dense_W_0"].__setitem__((0, 0), np.nan), "dense_W_0: contains NaN"))
+    for change, message in changes:
+        bad = {k: v.copy() for k, v in params.items()}
+        change(bad)
+        with pytest.raises(ValueError, match=message):
+            scorer(bad, cfg, ds)
