@@ -17,6 +17,9 @@ state between calls (routing logits carried over from the last batch, a fresh ra
 inference) is caught as "inconsistent between calls".
 
 Signatures expected (B batch, L behaviours, K interests, d size; masks are bool):
+    pooling(item_table, field_table, item_ids [N], field_ids [N, F]) -> e [N, d]
+    sampled_softmax(v, e_pos, e_neg, pos_ids, neg_ids, log_q_pos, log_q_neg) -> loss;
+                                                       vjp(..., dloss) -> (dv, de_pos, de_neg)
     squash(z [N, d]) -> c [N, d];                      vjp(z, dc) -> dz
     interest_count(lengths [B] int, K) -> [B] int      (K'_u, Eq. 9)
     routing(e [B, L, d], S [d, d], b0 [B, K, L], behaviour_mask [B, L], capsule_mask [B, K],
@@ -120,6 +123,67 @@ def _floats(st, shape: tuple, scale: float = 2.0):
 
 def _prefix_mask(lengths, size: int) -> np.ndarray:
     return np.arange(size)[None, :] < np.asarray(lengths)[:, None]
+
+
+# --- embedding & pooling (3.2) ---------------------------------------------------------------
+
+def check_pooling(pooling: Callable, rtol: float = 1e-6, atol: float = 1e-9, max_examples: int = 100) -> int:
+    """pooling(item_table [V, d], field_table [V_f, d], item_ids [N], field_ids [N, F]) -> e [N, d]:
+    the item-id embedding averaged with the mean of the item's field embeddings (a multi-valued
+    field averaged first), id 0 padding everywhere: a field with no id is absent, not a zero."""
+    _, st = _hypothesis()
+    from .embedding import item_embedding_forward
+
+    @st.composite
+    def cases(draw):
+        V, Vf, d, N, F = (draw(st.integers(2, 6)), draw(st.integers(2, 5)), draw(st.integers(1, 4)),
+                          draw(st.integers(1, 5)), draw(st.integers(1, 3)))
+        tables = [draw(_floats(st, (V, d))), draw(_floats(st, (Vf, d)))]
+        for t in tables:
+            t[0] = 0  # the padding rows
+        ids = np.array([draw(st.integers(0, V - 1)) for _ in range(N)])
+        fields = np.array([[draw(st.integers(0, Vf - 1)) for _ in range(F)] for _ in range(N)]).reshape(N, F)
+        return {"item_table": tables[0], "field_table": tables[1], "item_ids": ids, "field_ids": fields}
+
+    def compare(inputs):
+        want, _ = item_embedding_forward([inputs["item_table"], inputs["field_table"]],
+                                         [inputs["item_ids"][:, None], inputs["field_ids"]])
+        _compare("pooled item embedding e_i", _call(pooling, inputs)[0], want, inputs, rtol, atol)
+
+    return _run("embedding & pooling", cases(), compare, max_examples)
+
+
+# --- sampled softmax (3.5, Eqs. 10-11) ------------------------------------------------------------
+
+def check_sampled_softmax(loss: Callable, vjp: Callable | None = None, rtol: float = 1e-6,
+                          atol: float = 1e-9, max_examples: int = 100) -> int:
+    """loss(v [B, d], e_pos [B, d], e_neg [S, d], pos_ids [B], neg_ids [S], log_q_pos [B],
+    log_q_neg [S]) -> the mean over the batch of -log softmax(o)_pos, o = v . e - log Q, with a
+    sampled negative equal to the row's positive removed (its logit -inf, no mass);
+    vjp(..., dloss) -> (dv, de_pos, de_neg)."""
+    _, st = _hypothesis()
+    from .sampled_softmax import sampled_softmax_backward, sampled_softmax_forward
+
+    @st.composite
+    def cases(draw):
+        B, S, d, V = draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 4)), 6
+        inputs = {"v": draw(_floats(st, (B, d))), "e_pos": draw(_floats(st, (B, d))),
+                  "e_neg": draw(_floats(st, (S, d))),
+                  "pos_ids": np.array([draw(st.integers(1, V)) for _ in range(B)]),
+                  "neg_ids": np.array([draw(st.integers(1, V)) for _ in range(S)]),  # accidental hits likely
+                  "log_q_pos": draw(_floats(st, (B,), 3.0)), "log_q_neg": draw(_floats(st, (S,), 3.0))}
+        return inputs, draw(st.floats(0.1, 2.0))
+
+    def compare(case):
+        inputs, dloss = case
+        want, cache = sampled_softmax_forward(*inputs.values())
+        _compare("sampled softmax loss", _call(loss, inputs)[0], np.asarray(want), inputs, rtol, atol)
+        if vjp is not None:
+            got = _call(vjp, inputs, np.float64(dloss))
+            for what, g, w in zip(("dv", "de_pos", "de_neg"), got, sampled_softmax_backward(dloss, cache)):
+                _compare(f"sampled softmax gradient {what}", g, w, inputs, rtol, atol)
+
+    return _run("sampled softmax", cases(), compare, max_examples)
 
 
 # --- squash, Eq. (7) ------------------------------------------------------------------------------

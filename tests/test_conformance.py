@@ -181,3 +181,64 @@ def test_flags_a_crash_with_the_input():
 def test_tower_config_is_honoured():
     cfg = MINDConfig(num_items=20, field_sizes=(4,), profile_sizes=(3,), dim=4, K=2, hidden=(5,), max_len=6)
     assert C.check_user_tower(make_tower_port, cfg, max_examples=10) == 10
+
+
+def pooling_port(item_table, field_table, item_ids, field_ids, count_padding=False):
+    out = []
+    for it, fs in zip(item_ids, field_ids):
+        parts = [item_table[it]] if it else []
+        valid = fs if count_padding else fs[fs != 0]
+        if len(valid):
+            parts.append(field_table[valid].mean(0))
+        out.append(np.mean(parts, 0) if parts else np.zeros(item_table.shape[1]))
+    return np.array(out)
+
+
+def sampled_softmax_port(v, e_pos, e_neg, pos_ids, neg_ids, log_q_pos, log_q_neg, keep_hits=False):
+    o_pos = np.sum(v * e_pos, 1) - log_q_pos
+    o_neg = v @ e_neg.T - log_q_neg
+    if not keep_hits:
+        o_neg = np.where(neg_ids[None, :] == pos_ids[:, None], -np.inf, o_neg)
+    o = np.concatenate([o_pos[:, None], o_neg], 1)
+    m = o.max(1, keepdims=True)
+    return float(np.mean(-(o_pos - m[:, 0]) + np.log(np.exp(o - m).sum(1))))
+
+
+def test_pooling_and_sampled_softmax_ports():
+    assert C.check_pooling(pooling_port) == 100
+    assert C.check_sampled_softmax(sampled_softmax_port) == 100
+    with pytest.raises(C.ConformanceError, match="pooled item embedding"):
+        C.check_pooling(lambda *a: pooling_port(*a, count_padding=True))  # padding dilutes the mean
+    with pytest.raises(C.ConformanceError, match="sampled softmax loss"):
+        C.check_sampled_softmax(lambda *a: sampled_softmax_port(*a, keep_hits=True))  # hits take mass
+
+
+def numeric_vjp(f, args, which, dout, h=1e-6):
+    """Central-difference gradients of dout * f(*args) with respect to args[i] for i in which."""
+    grads = []
+    for i in which:
+        x = np.array(args[i], dtype=np.float64)
+        g = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            hi, lo = x.copy(), x.copy()
+            hi[idx] += h
+            lo[idx] -= h
+            up = f(*[hi if j == i else a for j, a in enumerate(args)])
+            down = f(*[lo if j == i else a for j, a in enumerate(args)])
+            g[idx] = float(dout) * (up - down) / (2 * h)
+        grads.append(g)
+    return tuple(grads)
+
+
+def test_the_vjp_path_compares_gradients():
+    """A port's gradients (here: central differences of the port) against mindref's backward."""
+    def vjp(*args):
+        *inputs, dloss = args
+        return numeric_vjp(sampled_softmax_port, inputs, (0, 1, 2), dloss)
+    assert C.check_sampled_softmax(sampled_softmax_port, vjp, rtol=1e-4, atol=1e-6, max_examples=30) == 30
+
+    def wrong(*args):
+        dv, de_pos, de_neg = vjp(*args)
+        return dv, de_pos, np.zeros_like(de_neg)  # the negatives' gradient dropped
+    with pytest.raises(C.ConformanceError, match="sampled softmax gradient de_neg"):
+        C.check_sampled_softmax(sampled_softmax_port, wrong, rtol=1e-4, atol=1e-6, max_examples=30)
