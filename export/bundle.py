@@ -57,9 +57,11 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
     tmp.mkdir(parents=True)
     try:
         _write_files(tmp, params, cfg, ds, {"n_trees": n_trees, "seed": seed, "metric": metric}, items)
-        if out.exists():
-            shutil.rmtree(out)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():  # set the old bundle aside, never delete it before the new one is in place
+            os.replace(out, old)
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

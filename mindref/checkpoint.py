@@ -1,10 +1,12 @@
-"""Checkpoints: one folder with the parameters (params.npz) and a JSON manifest (config.json).
+"""Checkpoints: one folder with the parameters (params-<hash>.npz) and a JSON manifest (config.json).
 
 config.json holds the schema version, the mindref version, the model config, the data spec and,
 for a resumable training checkpoint, the optimizer step, the RNG state and the losses so far; it
-also records the SHA-256 of params.npz, so a folder whose two files do not belong together is
-refused. Every file is written to a temporary name in the same folder, flushed and renamed into
-place (os.replace is atomic), config.json last: a crash mid-write leaves the previous checkpoint.
+names the parameter file and records its SHA-256, so a folder whose files do not belong together
+is refused. Each save writes a new parameter file named by its hash, then replaces config.json
+(write to a temporary name, flush, os.replace: atomic), then deletes the old parameter file. A
+crash at any moment leaves a config.json whose parameter file exists and matches: the previous
+checkpoint or the new one, never a mix (a fixed file name would be torn between the two renames).
 """
 from __future__ import annotations
 
@@ -49,11 +51,16 @@ def save(folder: str | Path, params: dict, cfg: MINDConfig, data: dict | None = 
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     blob = buf.getvalue()
-    atomic_write(folder / "params.npz", blob)
-    manifest = {"schema_version": SCHEMA_VERSION, "mindref_version": __version__,
-                "params_sha256": hashlib.sha256(blob).hexdigest(), "config": _jsonable(cfg.to_dict()),
-                "data": data or {}, "train": train or {}}
+    digest = hashlib.sha256(blob).hexdigest()
+    name = f"params-{digest[:16]}.npz"
+    atomic_write(folder / name, blob)
+    manifest = {"schema_version": SCHEMA_VERSION, "mindref_version": __version__, "params_file": name,
+                "params_sha256": digest, "config": _jsonable(cfg.to_dict()), "data": data or {},
+                "train": train or {}}
     atomic_write(folder / "config.json", json.dumps(manifest, indent=2).encode())
+    for old in folder.glob("params*.npz"):  # only now is the previous checkpoint superseded
+        if old.name != name:
+            old.unlink()
     return folder
 
 
@@ -66,34 +73,45 @@ def load(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | None]:
     config's expected names, shapes and dtypes."""
     folder = Path(folder)
     manifest = _read_manifest(folder / "config.json")
-    raw = (folder / "params.npz").read_bytes() if (folder / "params.npz").is_file() else None
-    if raw is None:
-        raise CheckpointError(f"{folder / 'params.npz'}: missing")
+    path = params_path(folder, manifest)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    raw = path.read_bytes()
     if hashlib.sha256(raw).hexdigest() != manifest.get("params_sha256"):
-        raise CheckpointError(f"{folder / 'params.npz'}: checksum differs from config.json "
+        raise CheckpointError(f"{path}: checksum differs from config.json "
                               "(the file was changed, truncated or comes from another checkpoint)")
     cfg = _config(manifest, folder)
     try:
         with np.load(io.BytesIO(raw)) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as err:  # a corrupt zip or array header
-        raise CheckpointError(f"{folder / 'params.npz'}: unreadable ({err})") from None
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
     expected = init_params(cfg, dtype=_dtype(arrays))
     params = {k: v for k, v in arrays.items() if not k.startswith(("adam.", "train."))}
-    _compare(folder / "params.npz", params, expected)
+    _compare(path, params, expected)
     optimizer = None
     if any(k.startswith("adam.") for k in arrays):
         optimizer = {kind: {k[len(f"adam.{kind}."):]: v for k, v in arrays.items()
                             if k.startswith(f"adam.{kind}.")} for kind in ("m", "v")}
         trainable = {k: v for k, v in expected.items() if k != "serving_logits"}
         for kind, moments in optimizer.items():
-            _compare(folder / "params.npz", moments, trainable, f"Adam {kind} of ")
+            _compare(path, moments, trainable, f"Adam {kind} of ")
     return params, cfg, manifest, optimizer
+
+
+def params_path(folder: str | Path, manifest: dict | None = None) -> Path:
+    """The parameter file config.json names (params.npz for checkpoints written before names)."""
+    folder = Path(folder)
+    manifest = manifest if manifest is not None else _read_manifest(folder / "config.json")
+    name = manifest.get("params_file", "params.npz")
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".npz"):
+        raise CheckpointError(f"{folder / 'config.json'}: bad params_file {name!r}")
+    return folder / name
 
 
 def load_extra(folder: str | Path) -> dict:
     """The extra training arrays of a checkpoint (after load() has verified it)."""
-    with np.load(Path(folder) / "params.npz") as z:
+    with np.load(params_path(folder)) as z:
         return {k[len("train."):]: z[k] for k in z.files if k.startswith("train.")}
 
 

@@ -98,6 +98,35 @@ def test_a_killed_run_never_leaves_a_corrupt_checkpoint(tmp_path):
         assert manifest["train"]["epoch"] == state.epoch >= 1
 
 
+def test_a_crash_between_the_two_writes_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """The window a fixed file name would tear: new parameters on disk, config.json not yet
+    replaced. The folder still loads, as the previous checkpoint."""
+    ds, train, cfg = small_run()
+    state = fit(cfg, ds, train, epochs=1, batch_size=64, num_neg=8)
+    save_state(tmp_path, state, cfg, {}, {})
+    first = checkpoint.load(tmp_path)[0]
+    state = fit(cfg, ds, train, epochs=2, batch_size=64, num_neg=8, state=state)
+    real_write = checkpoint.atomic_write
+
+    def crash_on_manifest(path, data):
+        if path.name == "config.json":
+            raise OSError("simulated crash")
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", crash_on_manifest)
+    with pytest.raises(OSError, match="simulated crash"):
+        save_state(tmp_path, state, cfg, {}, {})
+    assert len(list(tmp_path.glob("params-*.npz"))) == 2  # the new file was written
+    params, _, manifest, _ = checkpoint.load(tmp_path)
+    assert manifest["train"]["epoch"] == 1
+    for name, value in first.items():
+        np.testing.assert_array_equal(params[name], value)
+    monkeypatch.setattr(checkpoint, "atomic_write", real_write)
+    save_state(tmp_path, state, cfg, {}, {})  # the next save cleans up
+    assert len(list(tmp_path.glob("params-*.npz"))) == 1
+    assert checkpoint.load(tmp_path)[2]["train"]["epoch"] == 2
+
+
 def test_unwritable_output_fails_before_training(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -114,12 +143,13 @@ def test_checkpoint_problems_are_named(tmp_path):
 
     bad = tmp_path / "bad"
     shutil.copytree(tmp_path / "ok", bad)
-    (bad / "params.npz").write_bytes((bad / "params.npz").read_bytes()[:-100])  # truncated
-    with pytest.raises(checkpoint.CheckpointError, match="params.npz: checksum differs"):
+    arrays = checkpoint.params_path(bad)
+    arrays.write_bytes(arrays.read_bytes()[:-100])  # truncated
+    with pytest.raises(checkpoint.CheckpointError, match=r"params-\w+\.npz: checksum differs"):
         checkpoint.load(bad)
 
     manifest_path = bad / "config.json"
-    shutil.copy(tmp_path / "ok" / "params.npz", bad / "params.npz")
+    shutil.copy(checkpoint.params_path(tmp_path / "ok"), arrays)
     m = json.loads(manifest_path.read_text())
     m["schema_version"] = 99
     manifest_path.write_text(json.dumps(m))
@@ -180,10 +210,10 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_kept(tmp_path):
         save_state(tmp_path, s, cfg, {}, {})
 
     fit(cfg, ds, train, epochs=1, batch_size=32, num_neg=8, on_epoch=keep)
-    before = (tmp_path / "params.npz").read_bytes()
+    before = checkpoint.params_path(tmp_path).read_bytes()
     state, _, _ = load_state(tmp_path)
     state.params["dense_W_1"][:] = 3e38  # finite, but the scores overflow: what a diverging run produces
     message = "non-finite loss at epoch 2, step 0.*checkpoint is kept"
     with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=message):
         fit(cfg, ds, train, epochs=2, batch_size=32, num_neg=8, state=state, on_epoch=keep)
-    assert (tmp_path / "params.npz").read_bytes() == before
+    assert checkpoint.params_path(tmp_path).read_bytes() == before
