@@ -60,7 +60,12 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():  # set the old bundle aside, never delete it before the new one is in place
             os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old.exists():
+                os.replace(old, out)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
