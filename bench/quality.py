@@ -49,7 +49,10 @@ def main() -> None:
     ap.add_argument("--category", default="last", help="Beauty's category rule: last|first|all|none")
     ap.add_argument("--protocol", choices=("loo", "strong"), default="loo")
     ap.add_argument("--seed", type=int, default=0, help="MIND's seed (initialisation, order, draws)")
+    ap.add_argument("--epochs", type=int, default=FIT["epochs"])
+    ap.add_argument("--negatives", type=int, default=FIT["num_neg"], help="shared negatives per batch")
     args = ap.parse_args()
+    FIT.update(epochs=args.epochs, num_neg=args.negatives)
     ds = load(args.data, args.category)
     protocol = leave_one_out if args.protocol == "loo" else strong_generalisation
     train, valid, test = protocol(ds, BASE["max_len"])
@@ -75,6 +78,8 @@ def main() -> None:
         label = name if args.category == "last" else f"{name}, category={args.category}"
         label = label if args.protocol == "loo" else f"{label}, strong generalisation"
         label = label if args.seed == 0 or name in BASELINES else f"{label}, seed {args.seed}"
+        if name not in BASELINES and (args.epochs, args.negatives) != (10, 256):
+            label = f"{label}, {args.epochs} epochs, {args.negatives} negatives"
         row = {"data": args.data, "model": label, "seconds": round(time.perf_counter() - t0), **row}
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
