@@ -82,11 +82,11 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy
     buf = io.BytesIO()
     np.savez(buf, **{f"field_{f}": t for f, t in enumerate(ds.item_fields)})
     atomic_write(folder / "item_fields.npz", buf.getvalue())
-    items = {"raw_item_ids": [None if r is None else str(r) for r in ds.raw_item_ids],
-             "item_labels": list(ds.item_labels), "field_names": list(ds.field_names),
-             "field_labels": [list(v) for v in ds.field_labels], "profile_names": list(ds.profile_names),
-             "profile_labels": [list(v) for v in ds.profile_labels]}
-    atomic_write(folder / "items.json", json.dumps(items).encode())
+    catalog = {"raw_item_ids": [None if r is None else str(r) for r in ds.raw_item_ids],
+               "item_labels": list(ds.item_labels), "field_names": list(ds.field_names),
+               "field_labels": [list(v) for v in ds.field_labels], "profile_names": list(ds.profile_names),
+               "profile_labels": [list(v) for v in ds.profile_labels]}
+    atomic_write(folder / "items.json", json.dumps(catalog).encode())
     manifest = {"format": "mindref-bundle", "schema_version": SCHEMA_VERSION, "mindref_version": __version__,
                 "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()},
                 "onnx": {"ir_version": IR_VERSION, "opset": OPSET, "items": items},

@@ -121,6 +121,7 @@ def test_bundle_tower_equals_the_numpy_model(trained):
     from mindref.model import user_vectors
     ds, test, cfg, params, root = trained
     bundle = load_bundle(root / "bundle", "cpu")
+    assert bundle.manifest["onnx"]["items"] == "table" and bundle.manifest["annoy"]["metric"] == "angular"
     hist, prof = test.hist[:64], ds.profiles[test.users[:64]]
     V_np, mask_np = user_vectors(params, cfg, ds.item_fields, hist, prof)
     out = bundle.tower.run(hist, prof)
