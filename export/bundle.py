@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mindref import __version__
-from mindref.checkpoint import atomic_write, read_json_object
+from mindref.checkpoint import atomic_write, config_from_json, read_json_object
 from mindref.data import Dataset
 from mindref.model import MINDConfig, item_forward
 
@@ -88,7 +88,7 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy
                "profile_labels": [list(v) for v in ds.profile_labels]}
     atomic_write(folder / "items.json", json.dumps(catalog).encode())
     manifest = {"format": "mindref-bundle", "schema_version": SCHEMA_VERSION, "mindref_version": __version__,
-                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()},
+                "config": cfg.to_dict(),
                 "onnx": {"ir_version": IR_VERSION, "opset": OPSET, "items": items},
                 "annoy": {**annoy, "dim": cfg.dim},
                 "files": {name: _stamp(folder / name) for name in FILES}}
@@ -124,15 +124,15 @@ class Bundle:
 
     @cached_property
     def _ids(self) -> dict:
-        return {r: i for i, r in enumerate(self.items["raw_item_ids"]) if r is not None}
+        """raw id -> model id; the model's own ids when the bundle records no raw ids."""
+        ids = {r: i for i, r in enumerate(self.items["raw_item_ids"]) if r is not None}
+        return ids or {str(i): i for i in range(1, self.cfg.num_items)}
 
     def item_id(self, raw: str) -> int:
-        """The model's id of a raw item id (as in the data files); the model's own ids when the
-        bundle records no raw ids."""
-        ids = self._ids or {str(i): i for i in range(1, self.cfg.num_items)}
-        if str(raw) not in ids:
-            raise ValueError(f"item {raw!r} is not in this bundle's catalog ({len(ids)} items)")
-        return ids[str(raw)]
+        """The model's id of a raw item id (as in the data files)."""
+        if str(raw) not in self._ids:
+            raise ValueError(f"item {raw!r} is not in this bundle's catalog ({len(self._ids)} items)")
+        return self._ids[str(raw)]
 
     def profile_ids(self, values: list[str]) -> np.ndarray:
         """Profile ids [P] of raw profile values (as in the data files; '' or '?' = unknown)."""
@@ -162,10 +162,7 @@ def load_bundle(path: str | Path, provider: str = "auto", threads: int | None = 
     manifest = _manifest(path / "manifest.json")
     for name in FILES:
         _verify(path / name, manifest["files"].get(name))
-    try:
-        cfg = MINDConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()})
-    except TypeError as err:
-        raise BundleError(f"{path / 'manifest.json'}: bad model config ({err})") from None
+    cfg = config_from_json(manifest["config"], path / "manifest.json", BundleError)
     E = np.load(path / "item_vectors.npy", allow_pickle=False)
     if E.shape != (cfg.num_items, cfg.dim) or E.dtype != np.float32:
         raise BundleError(f"{path / 'item_vectors.npy'}: {list(E.shape)} {E.dtype}, expected "

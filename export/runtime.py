@@ -60,8 +60,13 @@ class TowerSession:
 
     def __init__(self, model: bytes, cfg: MINDConfig, item_fields: tuple, provider: str = "auto",
                  threads: int | None = None):
-        self.cfg, self.item_fields = cfg, tuple(item_fields)
+        self.cfg = cfg
         self.session = make_session(model, provider, threads)
+        inputs = {i.name for i in self.session.get_inputs()}
+        self.item_fields = tuple(item_fields)  # for callers (e.g. describing items)
+        # the side fields the graph takes as inputs: only items='features' graphs pool from them
+        self._fed_fields = tuple((field_input(f), table) for f, table in enumerate(self.item_fields)
+                                 if field_input(f) in inputs)
 
     @property
     def provider(self) -> str:
@@ -72,9 +77,7 @@ class TowerSession:
         """The graph's inputs for histories hist [B, L] and profiles [B, P], validated."""
         hist, profile = check_request(self.cfg, hist, profile)
         feeds = {INPUT_ITEMS: hist}
-        names = {i.name for i in self.session.get_inputs()}
-        feeds.update({field_input(f): table[hist] for f, table in enumerate(self.item_fields)
-                      if field_input(f) in names})  # items='features' graphs pool from field ids
+        feeds.update({name: table[hist] for name, table in self._fed_fields})
         if self.cfg.profile_sizes:
             feeds[INPUT_PROFILE] = profile
         return feeds

@@ -55,17 +55,13 @@ def save(folder: str | Path, params: dict, cfg: MINDConfig, data: dict | None = 
     name = f"params-{digest[:16]}.npz"
     atomic_write(folder / name, blob)
     manifest = {"schema_version": SCHEMA_VERSION, "mindref_version": __version__, "params_file": name,
-                "params_sha256": digest, "config": _jsonable(cfg.to_dict()), "data": data or {},
+                "params_sha256": digest, "config": cfg.to_dict(), "data": data or {},
                 "train": train or {}}
     atomic_write(folder / "config.json", json.dumps(manifest, indent=2).encode())
     for old in folder.glob("params*.npz"):  # only now is the previous checkpoint superseded
         if old.name != name:
             old.unlink()
     return folder
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def load(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | None]:
@@ -80,7 +76,7 @@ def load(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | None]:
     if hashlib.sha256(raw).hexdigest() != manifest.get("params_sha256"):
         raise CheckpointError(f"{path}: checksum differs from config.json "
                               "(the file was changed, truncated or comes from another checkpoint)")
-    cfg = _config(manifest, folder)
+    cfg = config_from_json(manifest.get("config"), folder / "config.json", CheckpointError)
     try:
         with np.load(io.BytesIO(raw)) as z:
             arrays = {k: z[k] for k in z.files}
@@ -137,13 +133,13 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
-def _config(manifest: dict, folder: Path) -> MINDConfig:
-    raw = manifest.get("config")
+def config_from_json(raw, path: Path, error: type[ValueError]) -> MINDConfig:
+    """The MINDConfig of a manifest's "config" object (JSON lists back to tuples); `error`
+    naming path when it is not one."""
     try:
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        return MINDConfig(**fields)
+        return MINDConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     except (TypeError, AttributeError) as err:
-        raise CheckpointError(f"{folder / 'config.json'}: bad model config ({err})") from None
+        raise error(f"{path}: bad model config ({err})") from None
 
 
 def _dtype(arrays: dict):

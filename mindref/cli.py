@@ -31,13 +31,10 @@ COLUMNS = ("HR@10", "HR@50", "HR@100", "Recall@50", "NDCG@50")
 
 
 def _progress(total_steps: int, desc: str, batch_size: int):
-    """A tqdm bar with loss and samples/s when tqdm is installed and stderr is a terminal."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None, lambda: None
-    bar = tqdm(total=total_steps, desc=desc, unit="step", leave=False, file=sys.stderr,
-               disable=None, mininterval=0.5)
+    """A training bar with loss and samples/s: (update or None, close)."""
+    bar = _bar(total_steps, desc, "step")
+    if isinstance(bar, _NoBar):
+        return None, bar.close
     t0 = time.perf_counter()
 
     def update(epoch, step, steps, loss):
@@ -57,7 +54,7 @@ class _NoBar:
 
 
 def _bar(total: int, desc: str, unit: str):
-    """A plain tqdm bar (users/s) when tqdm is installed and stderr is a terminal."""
+    """A tqdm bar when tqdm is installed (shown when stderr is a terminal), else a no-op."""
     try:
         from tqdm import tqdm
     except ImportError:
