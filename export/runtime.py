@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mindref.checks import check_ids
-from mindref.model import MINDConfig
+from mindref.model import SERVING_CHUNK, MINDConfig
 
 from .tower import INPUT_ITEMS, INPUT_PROFILE, field_input
 
@@ -59,8 +59,10 @@ class TowerSession:
     """The ONNX user tower behind the same contract as mindref.model.user_vectors."""
 
     def __init__(self, model: bytes, cfg: MINDConfig, item_fields: tuple, provider: str = "auto",
-                 threads: int | None = None):
-        self.cfg = cfg
+                 threads: int | None = None, chunk: int = SERVING_CHUNK):
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1 user, got {chunk}")
+        self.cfg, self.chunk = cfg, chunk  # users per session.run (docs/results.md)
         self.session = make_session(model, provider, threads)
         inputs = {i.name for i in self.session.get_inputs()}
         self.item_fields = tuple(item_fields)  # for callers (e.g. describing items)
@@ -83,8 +85,12 @@ class TowerSession:
         return feeds
 
     def run(self, hist: np.ndarray, profile: np.ndarray | None = None) -> TowerOutput:
-        """V_u [B, K, d], the interest mask [B, K] and the routing weights [B, K, L]."""
-        return TowerOutput(*self.session.run(None, self.feeds(hist, profile)))
+        """V_u [B, K, d], the interest mask [B, K] and the routing weights [B, K, L], computed
+        self.chunk users at a time (as the NumPy path: a chunk's working set stays in cache)."""
+        feeds = self.feeds(hist, profile)
+        parts = [self.session.run(None, {k: v[i:i + self.chunk] for k, v in feeds.items()})
+                 for i in range(0, len(feeds[INPUT_ITEMS]), self.chunk)]
+        return TowerOutput(*(np.concatenate(x) for x in zip(*parts)))
 
 
 def check_request(cfg: MINDConfig, hist, profile=None) -> tuple[np.ndarray, np.ndarray]:

@@ -10,11 +10,17 @@
 
 The graph is the NumPy serving path (mindref.model.serving_tower) written out: pooling (3.2) and
 e_hat = S e_i (by default S e_i of every catalog item, precomputed into a table), r unrolled
-routing iterations from the stored logit draw b_ij (Eqs. 5-8), squash in its overflow-free form
-(Eq. 7), the profile concatenation and the ReLU layers. Two choices keep it exact, not close:
+routing iterations from the stored logit draw b_ij (Eqs. 5-8), squash (Eq. 7), the profile
+concatenation and the ReLU layers. Three choices keep it exact, not close:
 - K'_u = max(1, min(K, floor(log2 n))) is computed by integer comparisons: capsule j >= 1 is valid
   iff n >= 2^(j+1). A float log2 would put n = 8 at 2.9999998 and lose a capsule.
-- masked softmax gives masked entries exactly 0 (Where, then Exp of -inf), as masked_softmax does.
+- masked softmax gives masked entries exactly 0, as masked_softmax does.
+- the softmax and the squash come in two forms of the same function. The general ("shifted") form
+  is the NumPy code's: logits shifted by their max before Exp, z scaled by max |z_k| before it is
+  squared. When the parameters prove every logit |b_ij| < LOGIT_RANGE and every ||z_j|| <
+  NORM_RANGE (routing_bounds), the graph uses the short ("unshifted") form, with fewer passes over
+  [B, K, L] and [B, K, d] (docs/results.md): softmax is shift-invariant, and
+  z / (n + 1/n) = z sqrt(s) / (1 + s) with s = ||z||^2. metadata_props "routing_form" says which.
 
 The graph cannot raise: ids out of range, negative ids (Gather wraps them), an all-padding history
 or L > max_len must be refused before it runs (mindref.export.runtime.TowerSession does).
@@ -38,6 +44,8 @@ OPSET = 21
 INPUT_ITEMS, INPUT_PROFILE = "item_ids", "profile_ids"
 OUTPUTS = ("interests", "interest_mask", "routing_weights")
 ITEM_MODES = ("table", "features")
+LOGIT_RANGE = 60.0  # |b| < 60: e^b and sums of max_len of them stay normal, finite float32 (e^88.7 overflows)
+NORM_RANGE = 1e18  # ||z|| < 1e18: ||z||^2 stays finite in float32 (max 3.4e38)
 
 
 def field_input(f: int) -> str:
@@ -80,14 +88,17 @@ def build_tower(params: dict, cfg: MINDConfig, item_fields: tuple, items: str = 
         check_float(name, value)  # a NaN would reach every user silently
     g = _Builder()
     f32 = {k: np.asarray(v, np.float32) for k, v in params.items()}
-    c = _constants(g, cfg)
-    if items == "table":
-        e_hat = _item_table(g, f32, item_fields)
+    c = _Constants(g)
+    table = _S_e_table(f32, item_fields) if items == "table" else None  # [V, d]
+    if table is not None:
+        e_hat = g.op("Gather", g.const("item_S_e", table), INPUT_ITEMS)  # [B, L, d]
     else:
         e_hat = _behaviours(g, c, f32, cfg)  # [B, L, d]
+    max_logit, max_norm = routing_bounds(f32, cfg, table)
+    form = "unshifted" if max_logit < LOGIT_RANGE and max_norm < NORM_RANGE else "shifted"
     bmask = g.op("Not", g.op("Equal", INPUT_ITEMS, c["zero_i"]))  # [B, L]
     cmask = _capsule_mask(g, c, cfg, bmask)  # [B, K] bool
-    u, w = _routing(g, f32, cfg, c, e_hat, bmask, cmask)  # [B, K, d], [B, K, L]
+    u, w = _routing(g, f32, cfg, c, e_hat, bmask, cmask, form)  # [B, K, d], [B, K, L]
     x = _profile(g, c, f32, cfg, u) if cfg.profile_sizes else u
     for n in range(num_dense(cfg)):
         x = g.op("Add", g.op("MatMul", x, g.const(f"dense_W_{n}", f32[f"dense_W_{n}"])),
@@ -98,21 +109,45 @@ def build_tower(params: dict, cfg: MINDConfig, item_fields: tuple, items: str = 
     g.named("interests", "Mul", x, mask_f)
     g.named("interest_mask", "Identity", cmask)
     g.named("routing_weights", "Identity", w)
-    return _model(g, cfg, tuple(f.shape[1] for f in item_fields) if items == "features" else (), items)
+    return _model(g, cfg, tuple(f.shape[1] for f in item_fields) if items == "features" else (), items, form)
 
 
-def _constants(g: _Builder, cfg: MINDConfig) -> dict:
-    return {"zero_i": g.const("zero_i64", np.array(0, np.int64)),
-            "zero": g.const("zero_f", np.array(0, np.float32)),
-            "one": g.const("one_f", np.array(1, np.float32)),
-            "tiny": g.const("tiny_f", np.array(np.finfo(np.float32).tiny, np.float32)),
-            "neg_inf": g.const("neg_inf_f", np.array(-np.inf, np.float32)),
-            "last": g.const("axis_last", np.array([-1], np.int64)),
-            "ax1": g.const("axis_1", np.array([1], np.int64)),
-            "ax2": g.const("axis_2", np.array([2], np.int64))}
+def routing_bounds(f32: dict, cfg: MINDConfig, table: np.ndarray | None = None) -> tuple[float, float]:
+    """Upper bounds on |b_ij| and ||z_j|| for every request the graph can get.
+
+    Every e_hat_i = S e_i has norm <= h: the table's largest row or, pooled from features,
+    ||S||_2 times the largest embedding row (e_i is an average of rows). ||u_j|| < 1 after the
+    squash (Eq. 7), so each of the r - 1 updates (Eq. 8) moves b_ij by at most h from the stored
+    draw, and z_j (Eq. 6) sums at most max_len behaviours with weights <= 1."""
+    if table is not None:
+        h = float(np.linalg.norm(table.astype(np.float64), axis=1).max())
+    else:
+        rows = max(float(np.linalg.norm(t.astype(np.float64), axis=1).max())
+                   for k, t in f32.items() if k == "item_emb" or k.startswith("field_emb_"))
+        h = float(np.linalg.norm(f32["S"].astype(np.float64), 2)) * rows
+    max_logit = float(np.abs(f32["serving_logits"]).max()) + (cfg.iterations - 1) * h
+    return max_logit, cfg.max_len * h
 
 
-def _pool_field(g: _Builder, c: dict, table: str, ids: str) -> tuple[str, str]:
+class _Constants:
+    """Shared scalar and axis initializers, each added to the graph on first use (onnxruntime
+    warns about unused initializers)."""
+
+    VALUES = {"zero_i": np.array(0, np.int64), "zero": np.array(0, np.float32),
+              "one": np.array(1, np.float32), "tiny": np.array(np.finfo(np.float32).tiny, np.float32),
+              "neg_inf": np.array(-np.inf, np.float32), "last": np.array([-1], np.int64),
+              "ax1": np.array([1], np.int64), "ax2": np.array([2], np.int64)}
+
+    def __init__(self, g: _Builder):
+        self.g, self.names = g, {}
+
+    def __getitem__(self, key: str) -> str:
+        if key not in self.names:
+            self.names[key] = self.g.const(f"const_{key}", self.VALUES[key])
+        return self.names[key]
+
+
+def _pool_field(g: _Builder, c: _Constants, table: str, ids: str) -> tuple[str, str]:
     """One field's masked mean [B, L, d] over its F ids [B, L, F], and whether any id is present
     [B, L, 1] (3.2; embedding.pooling_weights)."""
     valid = g.op("Cast", g.op("Not", g.op("Equal", ids, c["zero_i"])), to=TensorProto.FLOAT)  # [B, L, F]
@@ -124,15 +159,14 @@ def _pool_field(g: _Builder, c: dict, table: str, ids: str) -> tuple[str, str]:
     return mean, g.op("Cast", g.op("Greater", count, c["zero"]), to=TensorProto.FLOAT)
 
 
-def _item_table(g: _Builder, f32: dict, item_fields: tuple) -> str:
-    """e_hat [B, L, d] gathered from S e_i of every item [V, d], computed by the NumPy model."""
+def _S_e_table(f32: dict, item_fields: tuple) -> np.ndarray:
+    """S e_i of every item [V, d] (Eq. 8), e_i by the NumPy model's own f_item."""
     E, _ = item_forward(f32, item_fields, np.arange(item_fields[0].shape[0] if item_fields else
                                                     f32["item_emb"].shape[0]))  # [V, d]
-    table = g.const("item_S_e", (E @ f32["S"].T).astype(np.float32))  # [V, d]  S e_i, Eq. (8)
-    return g.op("Gather", table, INPUT_ITEMS)
+    return (E @ f32["S"].T).astype(np.float32)
 
 
-def _behaviours(g: _Builder, c: dict, f32: dict, cfg: MINDConfig) -> str:
+def _behaviours(g: _Builder, c: _Constants, f32: dict, cfg: MINDConfig) -> str:
     """e_i = f_item(F_i) pooled over the present fields (3.2), mapped by S: e_hat [B, L, d]."""
     item_ids3 = g.op("Unsqueeze", INPUT_ITEMS, c["last"])  # [B, L, 1]
     fields = [("item_emb", item_ids3)]
@@ -144,31 +178,41 @@ def _behaviours(g: _Builder, c: dict, f32: dict, cfg: MINDConfig) -> str:
     return g.op("MatMul", e, g.const("S_T", np.ascontiguousarray(f32["S"].T)))  # [B, L, d]  S e_i
 
 
-def _capsule_mask(g: _Builder, c: dict, cfg: MINDConfig, bmask: str) -> str:
+def _capsule_mask(g: _Builder, c: _Constants, cfg: MINDConfig, bmask: str) -> str:
     """[B, K] bool, Eq. (9) exactly: capsule 0 needs n >= 1, capsule j >= 1 needs n >= 2^(j+1)."""
     n = g.op("ReduceSum", g.op("Cast", bmask, to=TensorProto.INT64), c["ax1"], keepdims=1)  # [B, 1]
     need = [1] + [2 ** (j + 1) if cfg.dynamic_k else 1 for j in range(1, cfg.K)]
     return g.op("GreaterOrEqual", n, g.const("capsule_needs", np.array(need, np.int64)))
 
 
-def _routing(g: _Builder, f32: dict, cfg: MINDConfig, c: dict, e_hat: str, bmask: str, cmask: str
-             ) -> tuple[str, str]:
+def _routing(g: _Builder, f32: dict, cfg: MINDConfig, c: _Constants, e_hat: str, bmask: str, cmask: str,
+             form: str) -> tuple[str, str]:
     """r iterations of Eqs. (5)-(8) from the stored draw b_ij [K, :L]; returns u and the last w."""
     mask = g.op("And", g.op("Unsqueeze", cmask, c["ax2"]), g.op("Unsqueeze", bmask, c["ax1"]))  # [B, K, L]
+    if form == "unshifted":
+        mask = g.op("Cast", mask, to=TensorProto.FLOAT)
+    softmax, squash = (_softmax, _squash) if form == "unshifted" else (_masked_softmax, _scaled_squash)
     L = g.op("Shape", INPUT_ITEMS, start=1, end=2)  # [1]
     stored = g.const("serving_logits", f32["serving_logits"])  # [K, max_len]
     b = g.op("Slice", stored, g.const("zero_1", np.array([0], np.int64)), L, c["ax1"])  # [K, L]
     axis = c["ax1"] if cfg.softmax_axis == "interests" else c["ax2"]
     e_hat_T = g.op("Transpose", e_hat, perm=[0, 2, 1])  # [B, d, L]
     for t in range(cfg.iterations):
-        w = _masked_softmax(g, c, b, mask, axis)  # [B, K, L]  Eq. (5)
-        u = _squash(g, c, g.op("MatMul", w, e_hat))  # [B, K, d]  Eqs. (6)-(7)
+        w = softmax(g, c, b, mask, axis)  # [B, K, L]  Eq. (5)
+        u = squash(g, c, g.op("MatMul", w, e_hat))  # [B, K, d]  Eqs. (6)-(7)
         if t < cfg.iterations - 1:
             b = g.op("Add", b, g.op("MatMul", u, e_hat_T))  # [B, K, L]  Eq. (8)
     return u, w
 
 
-def _masked_softmax(g: _Builder, c: dict, b: str, mask: str, axis: str) -> str:
+def _softmax(g: _Builder, c: _Constants, b: str, mask: str, axis: str) -> str:
+    """The masked softmax for |b| < LOGIT_RANGE: mask [B, K, L] float, masked entries exactly 0,
+    an all-masked slice all 0 (0 / tiny); any valid slice sums to >= e^-60, far above tiny."""
+    ex = g.op("Mul", g.op("Exp", b), mask)  # [B, K, L]
+    return g.op("Div", ex, g.op("Max", g.op("ReduceSum", ex, axis, keepdims=1), c["tiny"]))
+
+
+def _masked_softmax(g: _Builder, c: _Constants, b: str, mask: str, axis: str) -> str:
     """mindref.softmax.masked_softmax: masked entries exactly 0, an all-masked slice all 0."""
     x = g.op("Where", mask, b, c["neg_inf"])  # [B, K, L]
     m = g.op("ReduceMax", x, axis, keepdims=1)
@@ -179,7 +223,13 @@ def _masked_softmax(g: _Builder, c: dict, b: str, mask: str, axis: str) -> str:
     return g.op("Div", ex, den)
 
 
-def _squash(g: _Builder, c: dict, z: str) -> str:
+def _squash(g: _Builder, c: _Constants, z: str) -> str:
+    """Eq. (7) for ||z|| < NORM_RANGE: c = z sqrt(s) / (1 + s), s = ||z||^2 (0 at z = 0)."""
+    s = g.op("ReduceSumSquare", z, c["last"], keepdims=1)  # [B, K, 1]
+    return g.op("Mul", z, g.op("Div", g.op("Sqrt", s), g.op("Add", s, c["one"])))
+
+
+def _scaled_squash(g: _Builder, c: _Constants, z: str) -> str:
     """Eq. (7) as mindref.squash computes it: c = z / (n + 1/n), n = ||z|| on z scaled by max |z_k|."""
     m = g.op("ReduceMax", g.op("Abs", z), c["last"], keepdims=1)  # [B, K, 1]
     safe = g.op("Where", g.op("Greater", m, c["zero"]), m, c["one"])
@@ -190,7 +240,7 @@ def _squash(g: _Builder, c: dict, z: str) -> str:
     return g.op("Mul", s, z)
 
 
-def _profile(g: _Builder, c: dict, f32: dict, cfg: MINDConfig, u: str) -> str:
+def _profile(g: _Builder, c: _Constants, f32: dict, cfg: MINDConfig, u: str) -> str:
     """concat(u_j, profile embedding) [B, K, d + P dp]; profile id 0 (unknown) embeds to 0."""
     parts = []
     for p in range(len(cfg.profile_sizes)):
@@ -205,7 +255,7 @@ def _profile(g: _Builder, c: dict, f32: dict, cfg: MINDConfig, u: str) -> str:
     return g.op("Concat", u, g.op("Expand", g.op("Unsqueeze", prof, c["ax1"]), shape), axis=-1)
 
 
-def _model(g: _Builder, cfg: MINDConfig, field_widths: tuple, items: str) -> onnx.ModelProto:
+def _model(g: _Builder, cfg: MINDConfig, field_widths: tuple, items: str, form: str) -> onnx.ModelProto:
     i64, f32, flag = TensorProto.INT64, TensorProto.FLOAT, TensorProto.BOOL
     inputs = [helper.make_tensor_value_info(INPUT_ITEMS, i64, ["B", "L"])]
     inputs += [helper.make_tensor_value_info(field_input(f), i64, ["B", "L", int(w)])
@@ -222,6 +272,7 @@ def _model(g: _Builder, cfg: MINDConfig, field_widths: tuple, items: str) -> onn
     helper.set_model_props(model, {"mindref_version": __version__,
                                    "config": json.dumps(cfg.to_dict()),
                                    "items": items,
+                                   "routing_form": form,
                                    "field_widths": json.dumps([int(w) for w in field_widths])})
     onnx.checker.check_model(model, full_check=True)
     return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)

@@ -41,7 +41,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 def save(folder: str | Path, params: dict, cfg: MINDConfig, data: dict | None = None,
          train: dict | None = None, optimizer: dict | None = None, extra: dict | None = None) -> Path:
     """Write params (+ optimizer moments, + extra training arrays) and the manifest.
-    optimizer: {"m": {...}, "v": {...}};  extra: {"order": ...} (load_extra reads them)."""
+    optimizer: {"m": {...}, "v": {...}};  extra: {"order": ...} (load_training reads them)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = dict(params)
@@ -67,6 +67,11 @@ def save(folder: str | Path, params: dict, cfg: MINDConfig, data: dict | None = 
 def load(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | None]:
     """(params, config, manifest, optimizer moments or None), every array checked against the
     config's expected names, shapes and dtypes."""
+    return load_training(folder)[:4]
+
+
+def load_training(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | None, dict]:
+    """load() plus the extra training arrays ({"order": ...}), all from one verified read."""
     folder = Path(folder)
     manifest = _read_manifest(folder / "config.json")
     path = params_path(folder, manifest)
@@ -92,7 +97,8 @@ def load(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | None]:
         trainable = {k: v for k, v in expected.items() if k != "serving_logits"}
         for kind, moments in optimizer.items():
             _compare(path, moments, trainable, f"Adam {kind} of ")
-    return params, cfg, manifest, optimizer
+    extra = {k[len("train."):]: v for k, v in arrays.items() if k.startswith("train.")}
+    return params, cfg, manifest, optimizer, extra
 
 
 def params_path(folder: str | Path, manifest: dict | None = None) -> Path:
@@ -103,12 +109,6 @@ def params_path(folder: str | Path, manifest: dict | None = None) -> Path:
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(".npz"):
         raise CheckpointError(f"{folder / 'config.json'}: bad params_file {name!r}")
     return folder / name
-
-
-def load_extra(folder: str | Path) -> dict:
-    """The extra training arrays of a checkpoint (after load() has verified it)."""
-    with np.load(params_path(folder)) as z:
-        return {k[len("train."):]: z[k] for k in z.files if k.startswith("train.")}
 
 
 def read_json_object(path: Path, error: type[ValueError], missing_hint: str) -> dict:

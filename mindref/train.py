@@ -125,9 +125,9 @@ def save_state(folder, state: TrainState, cfg: M.MINDConfig, data: dict, fit_arg
 
 def load_state(folder) -> tuple[TrainState, M.MINDConfig, dict]:
     """The TrainState of a checkpoint written by save_state, its config and manifest."""
-    params, cfg, manifest, moments = checkpoint.load(folder)
+    params, cfg, manifest, moments, extra = checkpoint.load_training(folder)
     train = manifest.get("train") or {}
-    order = checkpoint.load_extra(folder).get("order")
+    order = extra.get("order")
     if moments is None or "rng" not in train:
         raise checkpoint.CheckpointError(f"{folder}: holds parameters only, not a resumable training state")
     opt = Adam(params, lr=train["lr"], frozen=("serving_logits",))

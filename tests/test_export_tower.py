@@ -13,12 +13,15 @@ require("onnxruntime")
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 from mindref.export import IR_VERSION, OPSET, TowerSession, build_tower  # noqa: E402
+from mindref.export.tower import _S_e_table, routing_bounds  # noqa: E402
 
-# (name, multi-valued field?, profile fields, K, softmax axis, dynamic K, iterations)
-CONFIGS = [("base", False, (4, 3), 4, "interests", True, 3),
-           ("genres", True, (), 3, "interests", True, 2),
-           ("behaviours-axis", True, (5,), 4, "behaviours", True, 3),
-           ("fixed-K", False, (2, 2, 6), 3, "interests", False, 1)]
+# (name, multi-valued field?, profile fields, K, softmax axis, dynamic K, iterations, sigma);
+# "wide-draw" has stored logits beyond LOGIT_RANGE, so its graph takes the shifted routing form
+CONFIGS = [("base", False, (4, 3), 4, "interests", True, 3, 1.0),
+           ("genres", True, (), 3, "interests", True, 2, 1.0),
+           ("behaviours-axis", True, (5,), 4, "behaviours", True, 3, 1.0),
+           ("fixed-K", False, (2, 2, 6), 3, "interests", False, 1, 1.0),
+           ("wide-draw", True, (3,), 4, "behaviours", True, 3, 30.0)]
 V, L_MAX, D = 40, 12, 8
 _cache: dict = {}
 
@@ -27,7 +30,7 @@ def tower(name: str, items: str = "features"):
     """(params, cfg, item_fields, onnx model, ReferenceEvaluator, TowerSession), built once per
     configuration; the parameters of one name are the same in both item modes."""
     if (name, items) not in _cache:
-        _, multi, profile, K, axis, dynamic, r = next(c for c in CONFIGS if c[0] == name)
+        _, multi, profile, K, axis, dynamic, r, sigma = next(c for c in CONFIGS if c[0] == name)
         seed = [c[0] for c in CONFIGS].index(name)
         rng = np.random.default_rng(seed)
         fields = [rng.integers(1, 6, (V, 1))]
@@ -37,7 +40,7 @@ def tower(name: str, items: str = "features"):
             f[0] = 0
         cfg = M.MINDConfig(num_items=V, field_sizes=tuple(int(f.max()) + 1 for f in fields),
                            profile_sizes=profile, dim=D, profile_dim=3, K=K, hidden=(10,), iterations=r,
-                           softmax_axis=axis, dynamic_k=dynamic, max_len=L_MAX, seed=seed)
+                           softmax_axis=axis, dynamic_k=dynamic, sigma=sigma, max_len=L_MAX, seed=seed)
         params = M.init_params(cfg)
         params = {k: v * 3 if k.startswith(("item", "field")) else v for k, v in params.items()}  # spread
         model = build_tower(params, cfg, tuple(fields), items)
@@ -64,13 +67,19 @@ def requests(draw):
     return (name, items), hist, profile
 
 
-def numpy_tower(params, cfg, fields, hist, profile):
-    """The NumPy serving path with its routing weights (the last iteration's w)."""
+def numpy_route(params, cfg, fields, hist, profile):
+    """The NumPy serving path: V_u and the tower's cache."""
     prof = np.zeros((hist.shape[0], 0), np.int64) if profile is None else profile
     e, _ = M.item_forward(params, fields, hist)
     e_hat = e @ params["S"].T
     b0 = M.serving_logits(params, hist.shape[1])
     V_u, cache = M.user_tower_forward(params, cfg, e_hat, hist != 0, prof, b0)
+    return V_u, cache
+
+
+def numpy_tower(params, cfg, fields, hist, profile):
+    """The NumPy serving path with its routing weights (the last iteration's w)."""
+    V_u, cache = numpy_route(params, cfg, fields, hist, profile)
     return V_u, cache.capsule_mask, cache.route.w[-1]
 
 
@@ -90,6 +99,66 @@ def test_numpy_reference_and_onnxruntime_agree(request):
                                      if profile is None else profile)
     np.testing.assert_array_equal(mask_pub, mask_np)
     np.testing.assert_allclose(V_pub, V_np, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("items", ["table", "features"])
+def test_routing_form_follows_the_proven_bounds(items):
+    """The short softmax and squash only where routing_bounds proves them exact; the other
+    configuration keeps the shifted forms (and both agree with NumPy: the test above)."""
+    forms = {name: {p.key: p.value for p in tower(name, items)[3].metadata_props}["routing_form"]
+             for name, *_ in CONFIGS}
+    assert forms == {"base": "unshifted", "genres": "unshifted", "behaviours-axis": "unshifted",
+                     "fixed-K": "unshifted", "wide-draw": "shifted"}
+    ops = {n.op_type for n in tower("base", items)[3].graph.node}
+    assert "ReduceSumSquare" in ops and "IsInf" not in ops
+    ops = {n.op_type for n in tower("wide-draw", items)[3].graph.node}
+    assert "ReduceSumSquare" not in ops and "IsInf" in ops
+
+
+@given(requests(), st.floats(0.1, 30), st.floats(0.1, 30))
+def test_routing_bounds_hold(request, scale, s_scale):
+    """Every logit b_ij and capsule norm ||z_j|| the NumPy routing reaches is within the bounds
+    the export proves from the parameters alone, for item tables spread by `scale` and S by
+    `s_scale`."""
+    (name, items), hist, profile = request
+    params, cfg, fields = tower(name, items)[:3]
+    params = {k: v * scale if k.startswith(("item", "field")) else v for k, v in params.items()}
+    params["S"] = params["S"] * s_scale
+    f32 = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    table = _S_e_table(f32, fields) if items == "table" else None
+    max_logit, max_norm = routing_bounds(f32, cfg, table)
+    route = numpy_route(params, cfg, fields, hist, profile)[1].route
+    b = M.serving_logits(params, hist.shape[1])  # [K, L]
+    for t in range(cfg.iterations):
+        assert np.abs(b).max() <= max_logit * (1 + 1e-6)
+        assert np.linalg.norm(route.squash[t].z, axis=-1).max() <= max_norm * (1 + 1e-6)
+        b = b + route.u[t] @ route.e_hat.transpose(0, 2, 1)  # Eq. (8)
+
+
+def test_large_batches_are_served_in_chunks_with_the_same_result():
+    """Both serving paths run SERVING_CHUNK users at a time: a batch across chunk boundaries
+    gives what each user alone gives, and NumPy and onnxruntime still agree."""
+    params, cfg, fields, _, _, session = tower("base", "table")
+    rng = np.random.default_rng(5)
+    B = 2 * M.SERVING_CHUNK + 3
+    hist = rng.integers(0, V, (B, L_MAX))
+    hist[:, 0] = rng.integers(1, V, B)
+    prof = np.stack([rng.integers(0, s, B) for s in cfg.profile_sizes], 1)
+    V_np, mask_np = M.user_vectors(params, cfg, fields, hist, prof)
+    out = session.run(hist, prof)
+    assert out.interests.shape == (B, cfg.K, cfg.dim) and out.weights.shape == (B, cfg.K, L_MAX)
+    np.testing.assert_array_equal(out.mask, mask_np)
+    assert np.abs(out.interests - V_np).max() <= 1e-5
+    for r in (0, M.SERVING_CHUNK - 1, M.SERVING_CHUNK, B - 1):
+        V_r, mask_r = M.user_vectors(params, cfg, fields, hist[r:r + 1], prof[r:r + 1])
+        np.testing.assert_array_equal(mask_r[0], mask_np[r])
+        np.testing.assert_allclose(V_r[0], V_np[r], rtol=0, atol=1e-6)
+        alone = session.run(hist[r:r + 1], prof[r:r + 1])
+        np.testing.assert_allclose(alone.weights[0], out.weights[r], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        M.user_vectors(params, cfg, fields, hist, prof, chunk=0)
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        TowerSession(tower("base", "table")[3].SerializeToString(), cfg, fields, "cpu", chunk=0)
 
 
 def test_interest_count_is_exact_at_powers_of_two():
