@@ -260,6 +260,8 @@ def user_vectors(params: dict, cfg: MINDConfig, item_fields: tuple, hist: np.nda
     return tuple(np.concatenate(x) for x in zip(*parts))
 
 
-def _user_vectors(params, cfg, item_fields, hist, profile):
+def _user_vectors(params: dict, cfg: MINDConfig, item_fields: tuple, hist: np.ndarray,
+                  profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One pass of user_vectors: f_item and S e_i once per distinct item of the pass."""
     _, e_hat_d, _, inverse = distinct_items(params, item_fields, hist.reshape(-1), cfg.num_items)
     return serving_tower(params, cfg, e_hat_d[inverse].reshape(*hist.shape, -1), hist, profile)
