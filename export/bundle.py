@@ -160,17 +160,18 @@ def load_bundle(path: str | Path, provider: str = "auto", threads: int | None = 
     """Verify and load a bundle; BundleError names the first file that is missing or differs."""
     path = Path(path)
     manifest = _manifest(path / "manifest.json")
-    for name in FILES:
-        _verify(path / name, manifest["files"].get(name))
+    # each file is read once and the verified bytes are the ones used; Annoy loads items.ann by path
+    blobs = {name: _read_verified(path / name, manifest["files"].get(name)) for name in FILES}
+    del blobs["items.ann"]
     cfg = config_from_json(manifest["config"], path / "manifest.json", BundleError)
-    E = np.load(path / "item_vectors.npy", allow_pickle=False)
+    E = np.load(io.BytesIO(blobs["item_vectors.npy"]), allow_pickle=False)
     if E.shape != (cfg.num_items, cfg.dim) or E.dtype != np.float32:
         raise BundleError(f"{path / 'item_vectors.npy'}: {list(E.shape)} {E.dtype}, expected "
                           f"[{cfg.num_items}, {cfg.dim}] float32")
-    with np.load(path / "item_fields.npz", allow_pickle=False) as z:
+    with np.load(io.BytesIO(blobs["item_fields.npz"]), allow_pickle=False) as z:
         fields = tuple(z[f"field_{f}"] for f in range(len(cfg.field_sizes)))
-    items = json.loads((path / "items.json").read_text(encoding="utf-8"))
-    tower = TowerSession((path / "tower.onnx").read_bytes(), cfg, fields, provider, threads)
+    items = json.loads(blobs["items.json"].decode("utf-8"))
+    tower = TowerSession(blobs["tower.onnx"], cfg, fields, provider, threads)
     index = ItemIndex.load(path / "items.ann", cfg.dim, manifest.get("annoy", {}).get("metric", "dot"))
     if len(index) != cfg.num_items - 1:
         raise BundleError(f"{path / 'items.ann'}: {len(index)} items, expected {cfg.num_items - 1}")
@@ -190,14 +191,16 @@ def _manifest(path: Path) -> dict:
     return manifest
 
 
-def _verify(path: Path, expected: dict | None) -> None:
+def _read_verified(path: Path, expected: dict | None) -> bytes:
+    """The file's bytes, after checking their size and SHA-256 against the manifest's entry."""
     if expected is None:
         raise BundleError(f"{path.parent / 'manifest.json'}: does not list {path.name}")
     if not path.is_file():
         raise BundleError(f"{path}: missing")
-    got = _stamp(path)
-    if got["bytes"] != expected.get("bytes"):
-        raise BundleError(f"{path}: {got['bytes']} bytes, the manifest says {expected.get('bytes')} "
+    data = path.read_bytes()
+    if len(data) != expected.get("bytes"):
+        raise BundleError(f"{path}: {len(data)} bytes, the manifest says {expected.get('bytes')} "
                           "(truncated or replaced)")
-    if got["sha256"] != expected.get("sha256"):
+    if hashlib.sha256(data).hexdigest() != expected.get("sha256"):
         raise BundleError(f"{path}: checksum differs from the manifest (the file was changed)")
+    return data
