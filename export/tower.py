@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mindref import __version__
 from mindref.checks import check_float
-from mindref.model import MINDConfig, item_forward, num_dense
+from mindref.model import MINDConfig, catalog, num_dense
 
 # onnx 1.23 stamps IR 14 by default, which onnxruntime 1.31 refuses; IR 10 / opset 21 load in
 # onnxruntime >= 1.20 and in onnx's ReferenceEvaluator.
@@ -89,7 +89,7 @@ def build_tower(params: dict, cfg: MINDConfig, item_fields: tuple, items: str = 
     g = _Builder()
     f32 = {k: np.asarray(v, np.float32) for k, v in params.items()}
     c = _Constants(g)
-    table = _S_e_table(f32, item_fields) if items == "table" else None  # [V, d]
+    table = catalog(f32, item_fields, cfg.num_items)[1] if items == "table" else None  # [V, d]  S e_i
     if table is not None:
         e_hat = g.op("Gather", g.const("item_S_e", table), INPUT_ITEMS)  # [B, L, d]
     else:
@@ -157,13 +157,6 @@ def _pool_field(g: _Builder, c: _Constants, table: str, ids: str) -> tuple[str, 
                  keepdims=0)  # [B, L, d]
     mean = g.op("Div", total, g.op("Max", count, c["one"]))
     return mean, g.op("Cast", g.op("Greater", count, c["zero"]), to=TensorProto.FLOAT)
-
-
-def _S_e_table(f32: dict, item_fields: tuple) -> np.ndarray:
-    """S e_i of every item [V, d] (Eq. 8), e_i by the NumPy model's own f_item."""
-    E, _ = item_forward(f32, item_fields, np.arange(item_fields[0].shape[0] if item_fields else
-                                                    f32["item_emb"].shape[0]))  # [V, d]
-    return (E @ f32["S"].T).astype(np.float32)
 
 
 def _behaviours(g: _Builder, c: _Constants, f32: dict, cfg: MINDConfig) -> str:

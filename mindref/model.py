@@ -109,6 +109,12 @@ def item_backward(de: np.ndarray, cache: ItemCache) -> dict[str, RowSparseGrad]:
     return dict(zip(cache.names, embedding.item_embedding_backward(de, cache.emb)))
 
 
+def catalog(params: dict, item_fields: tuple, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """e_i = f_item(F_i) and S e_i (Eq. 8) of every item id: [V, d] each, row 0 (padding) 0."""
+    E, _ = item_forward(params, item_fields, np.arange(num_items))  # [V, d]
+    return E, E @ params["S"].T
+
+
 def distinct_items(params: dict, item_fields: tuple, ids: np.ndarray, num_items: int
                    ) -> tuple[np.ndarray, np.ndarray, ItemCache, np.ndarray]:
     """f_item and the bilinear map S e_i (Eq. 8) depend on the item alone, so both are computed

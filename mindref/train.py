@@ -97,8 +97,7 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
 def scorer(params: dict, cfg: M.MINDConfig, ds: Dataset) -> Callable:
     """score(users, hist) -> [b, V] by Eq. (3) with the serving user tower (no randomness)."""
     M.check_params(params, cfg)
-    E, _ = M.item_forward(params, ds.item_fields, np.arange(cfg.num_items))  # [V, d]
-    E_hat = E @ params["S"].T  # [V, d]  S e_i of every item, once (row 0: padding, 0)
+    E, E_hat = M.catalog(params, ds.item_fields, cfg.num_items)  # [V, d] each: e_i and S e_i, once
 
     def score(users: np.ndarray, hist: np.ndarray) -> np.ndarray:
         V, cmask = M.serving_tower(params, cfg, E_hat[hist], hist, ds.profiles[users])

@@ -13,7 +13,7 @@ require("onnxruntime")
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 from mindref.export import IR_VERSION, OPSET, TowerSession, build_tower  # noqa: E402
-from mindref.export.tower import _S_e_table, routing_bounds  # noqa: E402
+from mindref.export.tower import routing_bounds  # noqa: E402
 
 # (name, multi-valued field?, profile fields, K, softmax axis, dynamic K, iterations, sigma);
 # "wide-draw" has stored logits beyond LOGIT_RANGE, so its graph takes the shifted routing form
@@ -125,7 +125,7 @@ def test_routing_bounds_hold(request, scale, s_scale):
     params = {k: v * scale if k.startswith(("item", "field")) else v for k, v in params.items()}
     params["S"] = params["S"] * s_scale
     f32 = {k: np.asarray(v, np.float32) for k, v in params.items()}
-    table = _S_e_table(f32, fields) if items == "table" else None
+    table = M.catalog(f32, fields, cfg.num_items)[1] if items == "table" else None
     max_logit, max_norm = routing_bounds(f32, cfg, table)
     route = numpy_route(params, cfg, fields, hist, profile)[1].route
     b = M.serving_logits(params, hist.shape[1])  # [K, L]
