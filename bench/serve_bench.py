@@ -6,7 +6,8 @@
 
 --model is a checkpoint (mindref train --out); without it a Beauty model (d = 64, K = 4, L = 50)
 is trained for --epochs and kept in --workdir. Each figure is the best of --repeats timed runs
-in this one process; compare ratios within one run, not across runs (the host is shared).
+in this one process (the tower also gives the median per-round ratio); compare ratios within one
+run, not across runs (the host is shared).
 """
 from __future__ import annotations
 
@@ -32,14 +33,6 @@ BEAUTY = {"format": "sequences", "path": str(DATA / "amazon-beauty" / "Beauty.tx
           "max_len": 50, "seed": 0, "category": "all"}
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def beauty_model(args):
@@ -71,6 +64,11 @@ def interleaved(fns: dict, repeats: int) -> dict:
             fn()
             times[name].append(time.perf_counter() - t)
     return {name: np.array(t) for name, t in times.items()}
+
+
+def best_time(fn, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of fn, after a warm-up call."""
+    return float(interleaved({"fn": fn}, repeats)["fn"].min())
 
 
 def bench_tower(args) -> dict:
