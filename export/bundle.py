@@ -45,19 +45,18 @@ class BundleError(ValueError):
 def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int = 50,
                   seed: int = 0, overwrite: bool = False, items: str = "table",
                   metric: str = "angular") -> Path:
-    """Write the bundle of a trained model (params, cfg) over the dataset's items to `out`."""
+    """Write the bundle of a trained model (params, cfg) over the dataset's items to `out`.
+    overwrite=True replaces an existing bundle, and only a bundle (replaceable_bundle)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: exists (pass overwrite=True / --force to replace it)")
+    check_replaceable(out, overwrite)
     if ds.num_items != cfg.num_items or ds.field_sizes != tuple(cfg.field_sizes):
         raise ValueError(f"the dataset ({ds.num_items} items, fields {ds.field_sizes}) is not the model's "
                          f"({cfg.num_items} items, fields {tuple(cfg.field_sizes)})")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp, old = (out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         _write_files(tmp, params, cfg, ds, {"n_trees": n_trees, "seed": seed, "metric": metric}, items)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():  # set the old bundle aside, never delete it before the new one is in place
             os.replace(out, old)
         try:
@@ -66,10 +65,34 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
             if old.exists():
                 os.replace(old, out)
             raise
-        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and out.exists():  # the old bundle is superseded only once the new one is in
+            shutil.rmtree(old)
     return out
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """A bundle may be written to a new path, or over an existing mindref bundle with overwrite;
+    never over a file, a folder that is not a bundle, or a bundle holding files of its own."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out}: exists (pass overwrite=True / --force to replace a bundle)")
+    if not out.is_dir() or out.is_symlink():
+        raise FileExistsError(f"{out}: is not a bundle folder; --force replaces only a mindref bundle")
+    found = {p.name for p in out.iterdir()}
+    if not found:
+        return  # an empty folder holds nothing to lose
+    try:
+        _manifest(out / "manifest.json")
+    except BundleError as err:
+        raise FileExistsError(f"{out}: not a mindref bundle ({err}); --force replaces only a bundle "
+                              "written by `mindref export`. Choose another --out") from None
+    extra = sorted(found - {*FILES, "manifest.json"})
+    if extra:
+        raise FileExistsError(f"{out}: holds files that are not part of a bundle ({', '.join(extra[:5])}); "
+                              "--force would delete them. Move them away or choose another --out")
 
 
 def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy: dict, items: str) -> None:

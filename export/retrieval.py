@@ -27,6 +27,7 @@ class Retrieved(NamedTuple):
 
 
 METRICS = ("angular", "dot")
+ANNOY_INT_MAX = 2**31 - 1  # Annoy takes n and search_k as C ints
 
 
 class ItemIndex:
@@ -102,6 +103,9 @@ class Retriever:
                  search_k: int = -1, exact_below: int = 200_000):
         if oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {oversample}")
+        if search_k != -1 and not 1 <= search_k <= ANNOY_INT_MAX:
+            raise ValueError(f"search_k must be -1 (Annoy's default: trees * n) or 1..{ANNOY_INT_MAX:,}, "
+                             f"got {search_k}")
         self.E, self.index, self.oversample, self.search_k = E, index, oversample, search_k
         self.exact_below = exact_below
 
@@ -129,7 +133,7 @@ class Retriever:
         return [self._result(V[b], mask[b], top[b][top[b] != 0]) for b in range(V.shape[0])]
 
     def _approximate(self, V: np.ndarray, mask: np.ndarray, hist: np.ndarray, n: int) -> Retrieved:
-        ask = self.oversample * n + int((hist != 0).sum())
+        ask = min(self.oversample * n + int((hist != 0).sum()), len(self.index))  # never past the catalogue
         found = [self.index.query(V[k], ask, self.search_k) for k in np.flatnonzero(mask)]
         cand = np.unique(np.concatenate(found))
         cand = cand[~np.isin(cand, hist)]

@@ -18,44 +18,86 @@ from .bundle import Bundle
 from .retrieval import Retrieved
 
 
+def request_ids(bundle: Bundle, history: list, profile: list | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """One user's model ids: history [n] (every behaviour given, oldest first) and profile [P] (or
+    None). ValueError naming the field and the value that is wrong."""
+    if not isinstance(history, list | tuple):
+        raise ValueError(f"history: expected a list of raw item ids, got {history!r:.60}")
+    if len(history) == 0:
+        raise ValueError("history: empty (a user needs at least one behaviour)")
+    ids = np.array([bundle.item_id(r) for r in history], np.int64)
+    if profile is None:
+        return ids, None
+    if not isinstance(profile, list | tuple):
+        raise ValueError(f"profile: expected a list of raw values, got {profile!r}")
+    return ids, bundle.profile_ids(["" if v is None else str(v) for v in profile])
+
+
 def encode(bundle: Bundle, histories: list[list], profiles: list[list] | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """hist [B, L] (the latest L, left-aligned, 0-padded) and profile ids [B, P] of raw requests."""
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """hist [B, L] (the latest L, left-aligned, 0-padded: the tower's input), seen [B, n_max] (every
+    behaviour given: what retrieval excludes) and profile ids [B, P] of raw requests."""
     if not histories:
         raise ValueError("no users in the request")
-    seqs = []
+    users = []
     for u, h in enumerate(histories):
-        if len(h) == 0:
-            raise ValueError(f"user {u}: empty history (a user needs at least one behaviour)")
-        seqs.append(np.array([bundle.item_id(r) for r in h], np.int64))
+        try:
+            users.append(request_ids(bundle, h, profiles[u] if profiles else None))
+        except ValueError as err:
+            raise ValueError(f"request {u} (0-based): {err}") from None
+    return _encoded(bundle, users)
+
+
+def _encoded(bundle: Bundle, users: list) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    seqs = [ids for ids, _ in users]
+    profiles = [p for _, p in users]
+    if all(p is None for p in profiles):
+        profile = None
+    else:  # a user without a profile is one whose profile is unknown (id 0)
+        P = next(len(p) for p in profiles if p is not None)
+        profile = np.stack([np.zeros(P, np.int64) if p is None else p for p in profiles])
     L = min(bundle.cfg.max_len, max(map(len, seqs)))
-    profile = np.stack([bundle.profile_ids([str(v) for v in p]) for p in profiles]) if profiles else None
-    return pad(seqs, L), profile
+    return pad(seqs, L), pad(seqs, max(map(len, seqs))), profile
 
 
 def recommend(bundle: Bundle, histories: list[list], profiles: list[list] | None = None, n: int = 50,
               exact: bool | None = None, exclude_history: bool = True) -> list[dict]:
-    """For each user: the top n items as raw ids with Eq. (3) scores and the winning interest."""
-    hist, profile = encode(bundle, histories, profiles)
+    """For each user: the top n items as raw ids with Eq. (3) scores and the winning interest. The
+    tower reads the latest L behaviours; with exclude_history every behaviour given is excluded."""
+    return _recommend(bundle, *encode(bundle, histories, profiles), n, exact, exclude_history)
+
+
+def _recommend(bundle: Bundle, hist: np.ndarray, seen: np.ndarray, profile: np.ndarray | None, n: int,
+               exact: bool | None, exclude_history: bool = True) -> list[dict]:
     out = bundle.tower.run(hist, profile)
-    found = bundle.retriever.retrieve(out.interests, out.mask, hist if exclude_history else None, n, exact)
-    return [_as_dict(bundle, r, int(m.sum())) for r, m in zip(found, out.mask)]
+    found = bundle.retriever.retrieve(out.interests, out.mask, seen if exclude_history else None, n, exact)
+    left = bundle.cfg.num_items - 1 - (np.array([len(np.unique(s[s != 0])) for s in seen])
+                                      if exclude_history else 0)  # [B] items that could be returned
+    return [_as_dict(bundle, r, int(m.sum()), n, int(a)) for r, m, a in
+            zip(found, out.mask, np.broadcast_to(left, len(found)))]
 
 
-def _as_dict(bundle: Bundle, r: Retrieved, interests: int) -> dict:
-    return {"items": [bundle.raw_id(i) for i in r.items], "scores": [round(float(s), 6) for s in r.scores],
-            "interest": [int(k) for k in r.interests], "interests": interests}
+def _as_dict(bundle: Bundle, r: Retrieved, interests: int, n: int, left: int) -> dict:
+    res = {"items": [bundle.raw_id(i) for i in r.items], "scores": [round(float(s), 6) for s in r.scores],
+           "interest": [int(k) for k in r.interests], "interests": interests, "found": len(r.items)}
+    if len(r.items) < n:
+        res["note"] = (f"{len(r.items)} of {n}: the catalogue less the history holds only {left} items"
+                       if len(r.items) >= left else
+                       f"{len(r.items)} of {n}: the index returned too few candidates (raise --search-k "
+                       "or --oversample, or use --search exact)")
+    return res
 
 
 def recommend_stream(bundle: Bundle, lines: Iterable[str], n: int = 50, batch: int = 1024,
                      exact: bool | None = None) -> Iterator[dict]:
     """Requests as JSON lines -> one result dict per request, in order, `batch` users at a time.
-    A malformed line raises ValueError naming its line number."""
-    chunk: list[tuple[int, dict]] = []
+    A malformed request raises ValueError naming its line number, the user and the field."""
+    chunk: list[tuple[dict, tuple]] = []
     for number, text in enumerate(lines, 1):
         if not text.strip():
             continue
-        chunk.append((number, _request(number, text)))
+        chunk.append(parse_request(bundle, number, text))
         if len(chunk) == batch:
             yield from _serve_chunk(bundle, chunk, n, exact)
             chunk = []
@@ -63,26 +105,23 @@ def recommend_stream(bundle: Bundle, lines: Iterable[str], n: int = 50, batch: i
         yield from _serve_chunk(bundle, chunk, n, exact)
 
 
-def _request(number: int, text: str) -> dict:
+def parse_request(bundle: Bundle, number: int, text: str) -> tuple[dict, tuple]:
+    """(the request, its model ids) of one JSON line; ValueError 'line N (user U): field: ...'."""
     try:
         req = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"line {number}: not JSON ({err})") from None
-    if not isinstance(req, dict) or not isinstance(req.get("history"), list):
+    if not isinstance(req, dict) or "history" not in req:
         raise ValueError(f'line {number}: expected {{"user": ..., "history": [...], "profile": [...]}}')
-    return req
+    try:
+        return req, request_ids(bundle, req["history"], req.get("profile"))
+    except ValueError as err:
+        raise ValueError(f"line {number} (user {req.get('user')!r}): {err}") from None
 
 
 def _serve_chunk(bundle: Bundle, chunk: list, n: int, exact: bool | None) -> Iterator[dict]:
-    try:
-        histories = [req["history"] for _, req in chunk]
-        profiles = [req["profile"] for _, req in chunk] if any("profile" in r for _, r in chunk) else None
-        if profiles is not None and any(p is None for p in profiles):
-            raise ValueError("give a profile for every user of a file, or for none")
-        results = recommend(bundle, histories, profiles, n, exact)
-    except ValueError as err:
-        raise ValueError(f"lines {chunk[0][0]}-{chunk[-1][0]}: {err}") from None
-    for (_, req), res in zip(chunk, results):
+    results = _recommend(bundle, *_encoded(bundle, [ids for _, ids in chunk]), n, exact)
+    for (req, _), res in zip(chunk, results):
         yield {"user": req.get("user"), **res}
 
 
@@ -101,9 +140,9 @@ def explain(bundle: Bundle, history: list, profile: list | None = None, n: int =
     """One user's interests in plain text: per capsule, the behaviours routed to it (each behaviour
     listed under the capsule that took most of its routing weight, Eq. 5) and the retrieved items
     whose Eq. (3) max it won."""
-    hist, prof = encode(bundle, [history], [profile] if profile else None)
+    hist, seen, prof = encode(bundle, [history], [profile] if profile else None)
     out = bundle.tower.run(hist, prof)
-    top = bundle.retriever.retrieve(out.interests, out.mask, hist, n, exact=True)[0]
+    top = bundle.retriever.retrieve(out.interests, out.mask, seen, n, exact=True)[0]
     valid = np.flatnonzero(hist[0])
     w = out.weights[0][:, valid]  # [K, n_u]
     owner = np.where(out.mask[0][:, None], w, -1).argmax(0)  # [n_u] the capsule of each behaviour

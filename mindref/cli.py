@@ -17,13 +17,25 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__, baselines, checkpoint
 from .attention import MODES
-from .datasets import FORMATS, PROTOCOLS, load_dataset, split
+from .datasets import (
+    FORMATS,
+    PROTOCOLS,
+    check_fingerprint,
+    fingerprint,
+    load_dataset,
+    locate,
+    resolved_path,
+    split,
+)
 from .evaluate import evaluate
 from .model import MINDConfig
+from .outputs import check_output
+from .readers import DataNote, decoded_lines
 from .routing import GRAD_MODES, SOFTMAX_AXES
 from .train import TrainingInterrupted, evaluate_model, fit, load_state, save_state, scorer
 
@@ -64,7 +76,8 @@ def _bar(total: int, desc: str, unit: str):
 
 
 def _data_spec(args) -> dict:
-    return {"format": args.data_format, "path": str(args.data_path) if args.data_path else None,
+    path = None if args.data_format == "synthetic" else resolved_path(args.data_format, args.data_path)
+    return {"format": args.data_format, "path": path,
             "protocol": args.protocol, "max_len": args.max_len, "seed": args.seed,
             "category": args.category, "name": args.comirec_name, "users": args.users}
 
@@ -126,20 +139,29 @@ def _table(rows: dict) -> str:
 
 def cmd_train(args) -> int:
     out = Path(args.out)
-    state = None
-    if (out / "config.json").exists():  # resume with the run's own data spec and fit arguments
+    if (out / "config.json").exists():  # resume: the run's own config, data and fit arguments
         state, cfg, manifest = load_state(out)
-        spec, fit_args = manifest["data"], {**manifest["train"]["fit"], "epochs": args.epochs}
+        spec = locate(manifest["data"], args.data_path)
+        fit_args = {**manifest["train"]["fit"]}
+        _check_resume(args, out, cfg, manifest["data"], fit_args, state.epoch)
+        fit_args["epochs"] = args.epochs if "epochs" in args.given else fit_args["epochs"]
         print(f"resuming {out} at epoch {state.epoch + 1}, step {state.step}", file=sys.stderr)
     else:
-        spec, fit_args = _data_spec(args), _fit_args(args)
+        state, spec, fit_args = None, _data_spec(args), _fit_args(args)
+        check_output(out, {"--data-path": spec["path"]})
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise FileExistsError(f"--out {out}: exists and is not a mindref run (no config.json); "
+                                  "give a new or empty folder")
+    ds, splits = load_dataset(spec)
+    if state is None:
+        cfg, spec = _config(args, ds), {**spec, "fingerprint": fingerprint(ds)}
+    else:
+        check_fingerprint(spec, ds)
+    train, valid, _ = split(ds, spec, splits)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):  # fail now, not after the first epoch
         raise PermissionError(f"{out}: not writable")
-    ds, splits = load_dataset(spec)
-    train, valid, _ = split(ds, spec, splits)
-    if state is None:
-        cfg = _config(args, ds)
     try:
         with _StopFlag() as stop:
             state, seconds = _train(cfg, ds, train, fit_args, f"train K={cfg.K}", state,
@@ -149,6 +171,10 @@ def cmd_train(args) -> int:
         print(f"mindref train: {stopped}; checkpoint saved to {out}. Run the same command to resume.",
               file=sys.stderr)
         return 130
+    except BaseException:
+        if created and not any(out.iterdir()):  # nothing was saved: leave no empty run behind
+            out.rmdir()
+        raise
     print(f"{len(train.target):,} examples x {len(state.losses)} epochs; losses "
           + " ".join(f"{x:.3f}" for x in state.losses) + f"; checkpoint {out}")
     if len(valid.users):
@@ -158,10 +184,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _run_flags(cfg: MINDConfig, spec: dict, fit: dict) -> dict:
+    """The train flags a run was started with, as argparse names them (derived from its record)."""
+    return {"K": cfg.K, "dim": cfg.dim, "hidden": list(cfg.hidden), "max_len": cfg.max_len,
+            "iterations": cfg.iterations, "sigma": cfg.sigma, "softmax_axis": cfg.softmax_axis,
+            "grad_mode": cfg.grad_mode, "no_dynamic_k": not cfg.dynamic_k, "attention": cfg.attention,
+            "p": cfg.p, "seed": cfg.seed, "batch_size": fit.get("batch_size"),
+            "negatives": fit.get("num_neg"),
+            "lr": fit.get("lr"), "data_format": spec.get("format"), "protocol": spec.get("protocol"),
+            "category": spec.get("category"), "comirec_name": spec.get("name"), "users": spec.get("users")}
+
+
+def _check_resume(args, out: Path, cfg: MINDConfig, spec: dict, fit: dict, done: int) -> None:
+    """Refuse to resume a run with flags other than its own (each differing flag named), or with
+    fewer epochs than it has done. --data-path may differ when it holds the same data (checked by
+    fingerprint once loaded)."""
+    recorded = _run_flags(cfg, spec, fit)
+    differ = [f"--{k.replace('_', '-')} {_shown(getattr(args, k))} (the run has {_shown(v)})"
+              for k, v in recorded.items() if k in args.given and _shown(getattr(args, k)) != _shown(v)]
+    if differ:
+        raise ValueError(f"{out} holds a run started with other settings: " + "; ".join(differ)
+                         + ". Rerun without these flags to resume it, or give a new --out for a fresh run")
+    if "epochs" in args.given and args.epochs < done:
+        raise ValueError(f"{out} has trained {done} epochs already; --epochs {args.epochs} is fewer. Give "
+                         f"--epochs > {done} to train on, or a new --out for a fresh run")
+
+
+def _shown(value) -> str:
+    """A flag's value as the command line would spell it (lists space-separated, bools lower)."""
+    if isinstance(value, list | tuple):
+        return " ".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def cmd_evaluate(args) -> int:
     params, cfg, manifest, _ = checkpoint.load(args.model)
-    spec = manifest.get("data") or {}
-    ds, splits = load_dataset(spec)
+    ds, spec, splits = _run_data(manifest, args.data_path)
     _, valid, test = split(ds, spec, splits)
     cases = test if args.split == "test" else valid
     m = evaluate(scorer(params, cfg, ds), cases, cfg.num_items, not args.include_history)
@@ -170,6 +228,15 @@ def cmd_evaluate(args) -> int:
     else:
         print(_table({f"MIND K={cfg.K} ({args.split})": m}))
     return 0
+
+
+def _run_data(manifest: dict, data_path: Path | None):
+    """(Dataset, spec, splits) of the data a run was trained on, found by locate() and checked
+    against the run's fingerprint."""
+    spec = locate(manifest.get("data") or {}, data_path)
+    ds, splits = load_dataset(spec)
+    check_fingerprint(spec, ds)
+    return ds, spec, splits
 
 
 def _compare_rows(args, ds, splits, spec) -> dict:
@@ -229,8 +296,10 @@ def _serving():
 
 def cmd_export(args) -> int:
     export = _serving()
+    check_output(args.out, {"--model": args.model})
     params, cfg, manifest, _ = checkpoint.load(args.model)
-    ds, _ = load_dataset(manifest.get("data") or {})
+    ds, spec, _ = _run_data(manifest, args.data_path)
+    check_output(args.out, {"the data": spec.get("path")})
     out = export.export_bundle(args.out, params, cfg, ds, args.trees, args.seed, args.force, args.items,
                                args.metric)
     print(f"bundle {out}: tower.onnx (IR {export.IR_VERSION}, opset {export.OPSET}, items={args.items}), "
@@ -249,6 +318,10 @@ def _bundle(args):
 
 def cmd_retrieve(args) -> int:
     export = _serving()
+    if args.users:
+        if not args.out:
+            raise ValueError("--users needs --out FILE")
+        check_output(args.out, {"--users": args.users, "--bundle": args.bundle})
     bundle = _bundle(args)
     if args.users:
         return _retrieve_file(export, bundle, args)
@@ -257,6 +330,8 @@ def cmd_retrieve(args) -> int:
     res = export.recommend(bundle, [_split_ids(args.history)],
                            [_split_ids(args.profile)] if args.profile else None, args.n, _exact(args),
                            not args.include_history)[0]
+    if "note" in res:
+        print(f"mindref retrieve: note: {res['note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -271,18 +346,25 @@ def _exact(args) -> bool | None:
 
 
 def _retrieve_file(export, bundle, args) -> int:
-    if not args.out:
-        raise ValueError("--users needs --out FILE")
     out, tmp = Path(args.out), Path(args.out).with_name(f".{Path(args.out).name}.part")
-    with open(args.users, encoding="utf-8") as src:
-        total = sum(1 for line in src if line.strip())
-    bar = _bar(total, "retrieve", "user")
-    with open(args.users, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
-        for res in export.recommend_stream(bundle, src, args.n, args.batch_size, _exact(args)):
-            dst.write(json.dumps(res) + "\n")
-            bar.update(1)
-    bar.close()
-    tmp.replace(out)  # complete results or none under the final name
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out}: is a folder; give a file name")
+    total = sum(1 for _, text in decoded_lines(args.users) if text.strip())  # also checks the encoding
+    bar, short = _bar(total, "retrieve", "user"), 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as dst:
+            lines = (text for _, text in decoded_lines(args.users))
+            for res in export.recommend_stream(bundle, lines, args.n, args.batch_size, _exact(args)):
+                dst.write(json.dumps(res) + "\n")
+                short += "note" in res
+                bar.update(1)
+        tmp.replace(out)  # complete results or none under the final name
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    if short:
+        print(f"mindref retrieve: note: {short:,} users got fewer than {args.n} items (the \"note\" field "
+              "says why)", file=sys.stderr)
     print(f"{total:,} users -> {out} ({bundle.tower.provider})", file=sys.stderr)
     return 0
 
@@ -344,6 +426,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="full-ranking metrics of a checkpoint")
     p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data-path", type=Path, help="the run's data, if it moved (default: the recorded "
+                                                   "path, else $MINDREF_DATA/...)")
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--include-history", action="store_true", help="do not exclude history items")
     p.add_argument("--json", action="store_true")
@@ -357,13 +441,16 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a serving bundle: ONNX user tower, item vectors, Annoy index")
     p.add_argument("--model", required=True, type=Path, help="checkpoint folder (mindref train --out)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder")
+    p.add_argument("--data-path", type=Path, help="the run's data, if it moved (default: the recorded "
+                                                   "path, else $MINDREF_DATA/...)")
     p.add_argument("--trees", type=int, default=50, help="Annoy trees (docs/results.md)")
     p.add_argument("--seed", type=int, default=0, help="Annoy's seed")
     p.add_argument("--metric", choices=("angular", "dot"), default="angular",
                    help="Annoy: 'angular' over norm-equalised vectors (measured better) or Annoy's 'dot'")
     p.add_argument("--items", choices=("table", "features"), default="table",
                    help="tower input: item ids over a precomputed S e_i table, or item side-field ids too")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing bundle (only a mindref bundle; never another folder)")
     p.set_defaults(func=cmd_export)
     for name, help_text in (("retrieve", "top-N items of a user (--history) or of a file of users (--users)"),
                             ("explain", "one user's interest capsules: routed behaviours, retrieved items")):
@@ -393,17 +480,56 @@ POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "negati
             "oversample")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _given(argv: list[str] | None) -> set[str]:
+    """The flags the user typed (not defaulted): the command line parsed again with every default
+    suppressed."""
     ap = parser()
-    args = ap.parse_args(argv)
+    subparsers = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    for p in (ap, *subparsers.choices.values()):
+        for action in p._actions:
+            if not action.required and action.dest != "help":
+                action.default = argparse.SUPPRESS
+    return set(vars(ap.parse_args(argv)))
+
+
+def _check_values(ap: argparse.ArgumentParser, args) -> None:
+    """Values argparse's types let through but the model cannot take, each error naming its flag."""
     for name in POSITIVE:
         if isinstance(getattr(args, name, None), int) and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if any(h < 1 for h in getattr(args, "hidden", [])):
+        ap.error(f"--hidden: every layer size must be >= 1, got {' '.join(map(str, args.hidden))}")
+    if getattr(args, "seed", 0) < 0:
+        ap.error(f"--seed must be >= 0, got {args.seed}")
     if getattr(args, "lr", 1) <= 0 or getattr(args, "sigma", 0) < 0:
         ap.error("--lr must be > 0 and --sigma >= 0")
+    search_k = getattr(args, "search_k", -1)
+    if search_k != -1 and not 1 <= search_k <= 2**31 - 1:
+        ap.error(f"--search-k must be -1 (Annoy's default) or 1..{2**31 - 1:,}, got {search_k}")
+
+
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Readers' notes (DataNote) as one line on stderr, not Python's warning format."""
+    print(f"mindref: note: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    args.given = _given(argv)
+    _check_values(ap, args)
     try:
-        return args.func(args)
-    except (OSError, ValueError, RuntimeError, FloatingPointError) as err:  # data, checkpoint, config
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DataNote)
+            warnings.showwarning = _note
+            return args.func(args)
+    except KeyboardInterrupt:
+        print(f"mindref {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError as err:
+        print(f"mindref {args.command}: error: out of memory ({err or 'allocation failed'})", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, RuntimeError, FloatingPointError, OverflowError) as err:  # user mistakes
         print(f"mindref {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -88,8 +88,9 @@ class EvalSet(NamedTuple):
     """Evaluation cases: a history and the set of items that followed it."""
 
     users: np.ndarray  # [N]
-    hist: np.ndarray  # [N, L]
+    hist: np.ndarray  # [N, L] the model's input: the latest L items before the targets
     targets: list  # per case: [T_n] item ids
+    seen: list | None = None  # per case: every item before the targets (excluded from the ranking)
 
 
 def pad(histories: list, L: int) -> np.ndarray:
@@ -124,7 +125,7 @@ def leave_one_out(ds: Dataset, L: int) -> tuple[Examples, EvalSet, EvalSet]:
     def held_out(back: int) -> EvalSet:
         seqs = [ds.sequences[u] for u in long]
         return EvalSet(np.array(long, dtype=np.int64), pad([s[:-back] for s in seqs], L),
-                       [s[len(s) - back: len(s) - back + 1] for s in seqs])
+                       [s[len(s) - back: len(s) - back + 1] for s in seqs], [s[:-back] for s in seqs])
 
     return train, held_out(2), held_out(1)
 
@@ -143,8 +144,8 @@ def strong_generalisation(ds: Dataset, L: int, seed: int = 0, splits: dict | Non
         users = [u for u in users if len(ds.sequences[u]) >= 2]
         cuts = [min(len(ds.sequences[u]) - 1, max(1, int(history_share * len(ds.sequences[u]))))
                 for u in users]
-        return EvalSet(np.array(users, dtype=np.int64),
-                       pad([ds.sequences[u][:c] for u, c in zip(users, cuts)], L),
-                       [ds.sequences[u][c:] for u, c in zip(users, cuts)])
+        seen = [ds.sequences[u][:c] for u, c in zip(users, cuts)]
+        return EvalSet(np.array(users, dtype=np.int64), pad(seen, L),
+                       [ds.sequences[u][c:] for u, c in zip(users, cuts)], seen)
 
     return prefixes(ds, splits["train"], L), held_out(splits["valid"]), held_out(splits["test"])

@@ -2,8 +2,12 @@
 record): {"format": ..., "path": ..., "protocol": "loo" | "strong", "max_len": L, "seed": s}."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 from . import readers
 from .data import Dataset, leave_one_out, strong_generalisation, synthetic
@@ -44,6 +48,56 @@ def load_dataset(spec: dict) -> tuple[Dataset, dict]:
     if fmt == "comirec":
         return readers.read_comirec(path, spec.get("name", "book"))
     return readers.read_interactions_csv(path), {}
+
+
+def resolved_path(fmt: str, data_path: str | Path | None) -> str | None:
+    """The absolute path a new run records: --data-path, else the default under the data root."""
+    path = Path(data_path) if data_path else default_path(fmt)
+    return None if path is None else str(path.resolve())
+
+
+def locate(spec: dict, data_path: str | Path | None = None) -> dict:
+    """The spec with the data's path as found now: data_path (--data-path) if given, else the
+    recorded path, else (the data moved, or a run recorded no path) the format's default under
+    $MINDREF_DATA. FileNotFoundError saying how to point at the data."""
+    fmt = spec.get("format", "synthetic")
+    if data_path is not None:
+        return {**spec, "path": str(Path(data_path).resolve())}
+    recorded = spec.get("path")
+    if fmt == "synthetic" or (recorded and Path(recorded).exists()):
+        return spec
+    default = default_path(fmt)
+    if default is not None and default.exists() and (not recorded or Path(recorded).name == default.name):
+        return {**spec, "path": str(default.resolve())}
+    raise FileNotFoundError(f"{recorded or default}: the run's {fmt} data is not there; give --data-path "
+                            "or set MINDREF_DATA")
+
+
+def fingerprint(ds: Dataset) -> dict:
+    """Sizes and a SHA-256 of the interactions, side fields, profiles and raw ids: equal only for
+    the same data, wherever it lies (so a moved file passes and an edited one does not)."""
+    h = hashlib.sha256()
+    for a in (np.array([len(s) for s in ds.sequences]), np.concatenate(ds.sequences), *ds.item_fields,
+              ds.profiles):
+        h.update(np.ascontiguousarray(a, np.int64).tobytes())
+    h.update(json.dumps([ds.raw_item_ids, ds.raw_user_ids], default=str).encode())
+    return {"users": len(ds.sequences), "items": ds.num_items - 1,
+            "interactions": int(sum(len(s) for s in ds.sequences)), "sha256": h.hexdigest()}
+
+
+def check_fingerprint(spec: dict, ds: Dataset) -> None:
+    """ValueError when ds is not the data the spec's run was trained on (runs that recorded a
+    fingerprint)."""
+    expected = spec.get("fingerprint")
+    if not expected:
+        return
+    got = fingerprint(ds)
+    if got != expected:
+        sizes = ", ".join(f"{k} {got[k]:,} (was {expected.get(k, 0):,})" for k in ("users", "items",
+                                                                                   "interactions"))
+        raise ValueError(f"{spec.get('path')}: not the data this run was trained on ({sizes}; checksum "
+                         f"{got['sha256'][:12]} vs {expected.get('sha256', '?')[:12]}); point --data-path at "
+                         "the run's data, or train a new run")
 
 
 def _sibling_json(path: Path) -> Path | None:

@@ -1,8 +1,9 @@
 """Full-ranking evaluation (MIND 4, Eq. (12)): never sampled metrics.
 
 Every item is scored by Eq. (3), f(V_u, e_i) = max over the user's valid interests of e_i . v_k;
-items of the user's history are excluded by default (a target already in the history then counts
-as a miss: unmasking it would tell the ranking where the answer is). The top N items (ties broken
+items of the user's whole known history are excluded by default, not only the latest L the model
+reads (a target repeating an earlier item then counts as a miss: unmasking it would tell the
+ranking where the answer is). The top N items (ties broken
 by the lower id) are compared with the case's targets T:
 
     HitRate@N = share of cases with at least one target in the top N           Eq. (12)
@@ -16,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+from .data import pad
 
 CUTOFFS = (10, 20, 50, 100)
 
@@ -77,7 +80,8 @@ def evaluate(score: Callable[[np.ndarray, np.ndarray], np.ndarray], cases, num_i
     for start in range(0, len(cases.users), batch_size):
         sl = slice(start, start + batch_size)
         scores = score(cases.users[sl], cases.hist[sl])  # [b, V]
-        top = top_n(scores, cases.hist[sl], max(cutoffs), exclude_history)
+        seen = cases.hist[sl] if cases.seen is None else pad(cases.seen[sl], max(map(len, cases.seen[sl])))
+        top = top_n(scores, seen, max(cutoffs), exclude_history)  # seen [b, n_max]: the whole history
         h, c = hits(top, cases.targets[sl], num_items)
         all_hits.append(h), all_counts.append(c)
     return metrics(np.concatenate(all_hits), np.concatenate(all_counts), cutoffs)

@@ -48,41 +48,51 @@ class MINDConfig:
         return asdict(self)
 
 
+def param_shapes(cfg: MINDConfig) -> dict[str, tuple]:
+    """Every parameter's name and shape, in the order init_params draws them."""
+    d = cfg.dim
+    shapes = {"item_emb": (cfg.num_items, d)}
+    shapes.update({f"field_emb_{f}": (rows, d) for f, rows in enumerate(cfg.field_sizes)})
+    shapes.update({f"profile_emb_{p}": (rows, cfg.profile_dim) for p, rows in enumerate(cfg.profile_sizes)})
+    shapes["S"] = (d, d)
+    sizes = [d + cfg.profile_dim * len(cfg.profile_sizes), *cfg.hidden, d]
+    for n, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes[f"dense_W_{n}"], shapes[f"dense_b_{n}"] = (a, b), (b,)
+    # the fixed draw of initial routing logits used at serving (DeepMatch #105: never redraw)
+    shapes["serving_logits"] = (cfg.K, cfg.max_len)
+    return shapes
+
+
 def init_params(cfg: MINDConfig, dtype=np.float32) -> dict[str, np.ndarray]:
     """Parameters, seeded by cfg.seed. Rows 0 (padding) of every table are zero."""
     rng = np.random.default_rng(cfg.seed)
-    d = cfg.dim
-
-    def table(rows: int, cols: int) -> np.ndarray:
-        t = rng.normal(0, 1 / np.sqrt(cols), (rows, cols))
-        t[0] = 0
-        return t.astype(dtype)
-
-    params = {"item_emb": table(cfg.num_items, d)}
-    for f, rows in enumerate(cfg.field_sizes):
-        params[f"field_emb_{f}"] = table(rows, d)
-    for p, rows in enumerate(cfg.profile_sizes):
-        params[f"profile_emb_{p}"] = table(rows, cfg.profile_dim)
-    params["S"] = (rng.normal(0, 1 / np.sqrt(d), (d, d))).astype(dtype)
-    sizes = [d + cfg.profile_dim * len(cfg.profile_sizes), *cfg.hidden, d]
-    for n, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params[f"dense_W_{n}"] = rng.normal(0, np.sqrt(2 / a), (a, b)).astype(dtype)
-        params[f"dense_b_{n}"] = np.zeros(b, dtype)
-    # the fixed draw of initial routing logits used at serving (DeepMatch #105: never redraw)
-    params["serving_logits"] = routing.init_logits(rng, (cfg.K, cfg.max_len), cfg.sigma, dtype)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if "_emb" in name:  # an embedding table
+            t = rng.normal(0, 1 / np.sqrt(shape[1]), shape)
+            t[0] = 0
+        elif name == "S":
+            t = rng.normal(0, 1 / np.sqrt(cfg.dim), shape)
+        elif name.startswith("dense_W_"):
+            t = rng.normal(0, np.sqrt(2 / shape[0]), shape)
+        elif name.startswith("dense_b_"):
+            t = np.zeros(shape)
+        else:
+            t = routing.init_logits(rng, shape, cfg.sigma, dtype)
+        params[name] = t.astype(dtype)
     return params
 
 
 def check_params(params: dict, cfg: MINDConfig) -> None:
     """Every parameter the config needs, of its shape, floating and finite; ValueError naming the
     first problem. O(parameters): checked once where training or scoring starts, not per batch."""
-    for name, like in init_params(cfg, np.float32).items():
+    for name, shape in param_shapes(cfg).items():
         if name not in params:
             raise ValueError(f"parameters: {name} is missing")
         value = params[name]
-        if value.shape != like.shape:
+        if value.shape != shape:
             raise ValueError(f"parameters: {name} has shape {list(value.shape)}, "
-                             f"the config needs {list(like.shape)}")
+                             f"the config needs {list(shape)}")
         check_float(name, value)
 
 

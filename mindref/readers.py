@@ -11,12 +11,13 @@ and the line.
 | read_movielens_1m | ratings.dat, movies.dat, users.dat ('::', latin-1) | genre | age, gender, occupation |
 | read_sequences | one user per line + item -> attributes JSON | category by a rule, optional brand | none |
 | read_comirec | {name}_train/valid/test.txt, {name}_item_cate.txt | category | none |
-| read_interactions_csv | user,item,timestamp[,category] | category if given | none |
+| read_interactions_csv | user,item,timestamp[,category], or a header naming them | category | none |
 """
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,8 +34,9 @@ class DataFormatError(ValueError):
     """A malformed input file; the message names the file and line and what was expected."""
 
 
-def _lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """(line number, text) of each non-blank line; a decoding error names the line."""
+def decoded_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line, blank ones included; a decoding error names the line.
+    A UTF-8 byte-order mark at the start of the file is dropped (it is no part of the first value)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, "rb") as f:
@@ -44,8 +46,12 @@ def _lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as err:
                 raise DataFormatError(f"{path}:{n}: not valid {encoding} ({err.reason} at byte "
                                       f"{err.start})") from None
-            if text.strip():
-                yield n, text
+            yield n, text.removeprefix("\ufeff") if n == 1 else text
+
+
+def _lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line."""
+    return ((n, text) for n, text in decoded_lines(path, encoding) if text.strip())
 
 
 def _fields(path: Path, n: int, text: str, sep: str, count: int, what: str) -> list[str]:
@@ -272,33 +278,91 @@ def read_comirec(folder: str | Path, name: str) -> tuple[Dataset, dict[str, np.n
     return ds, splits
 
 
+CSV_COLUMNS = {"user": ("user", "user_id", "userid"), "item": ("item", "item_id", "itemid"),
+               "timestamp": ("timestamp", "time", "ts"), "category": ("category", "cate", "category_id")}
+
+
+class DataNote(UserWarning):
+    """Something a reader did to the data that the user should know (the CLI prints it)."""
+
+
 def read_interactions_csv(path: str | Path) -> Dataset:
-    """A generic CSV of `user,item,timestamp[,category]` (a header line is recognised by a
-    non-numeric timestamp). Users and items may be any strings; timestamps are numbers."""
+    """A generic CSV of interactions, one per line.
+
+    With a header line (the first line, when it is not parseable as data), columns are found by
+    name in any order: user, item, timestamp (or user_id, item_id, time, ...) and optionally
+    category; other columns are ignored with a note. Without a header the layout is exactly
+    `user,item,timestamp[,category]`. A UTF-8 byte-order mark is dropped; a trailing comma (one
+    empty last field) is ignored; an exact duplicate row (the same event logged twice) is dropped
+    and counted in a note. Users and items may be any strings; timestamps are finite numbers.
+    """
     path = Path(path)
-    users, items, times, attrs = [], [], [], {}
-    has_category = None
+    users, items, times, attrs, seen = [], [], [], {}, {}
+    columns, duplicates = None, []
     for n, text in _lines(path):
         parts = [p.strip() for p in text.split(",")]
-        if n == 1 and not _is_number(parts[2] if len(parts) > 2 else ""):
-            continue  # header
-        if len(parts) not in (3, 4):
-            raise DataFormatError(f"{path}:{n}: expected user,item,timestamp[,category], got {text[:80]!r}")
-        if has_category is None:
-            has_category = len(parts) == 4
-        elif has_category != (len(parts) == 4):
-            raise DataFormatError(f"{path}:{n}: {len(parts)} columns, but earlier lines have "
-                                  f"{4 if has_category else 3}")
-        if not _is_number(parts[2]):
-            raise DataFormatError(f"{path}:{n}: timestamp must be a finite number, got {parts[2]!r}")
-        if not parts[0] or not parts[1]:
-            raise DataFormatError(f"{path}:{n}: empty user or item id")
-        users.append(parts[0]), items.append(parts[1]), times.append(float(parts[2]))
-        if has_category:
-            if attrs.setdefault(parts[1], ([parts[3]],)) != ([parts[3]],):
-                raise DataFormatError(f"{path}:{n}: item {parts[1]!r} has category {parts[3]!r} here "
-                                      f"but {attrs[parts[1]][0][0]!r} earlier")
-    return build(users, items, times, attrs, ("category",) if has_category else (), source=str(path))
+        if len(parts) > 1 and parts[-1] == "" and text.rstrip().endswith(","):
+            parts.pop()  # a trailing comma
+        if columns is None:
+            columns = _csv_columns(path, n, parts)
+            if isinstance(columns, dict):
+                continue  # a header line
+        row = _csv_row(path, n, parts, columns)
+        key = tuple(row)
+        if key in seen:
+            duplicates.append((n, seen[key]))
+            continue
+        seen[key] = n
+        user, item, time, category = row
+        users.append(user), items.append(item), times.append(float(time))
+        if category is not None and attrs.setdefault(item, ([category],)) != ([category],):
+            raise DataFormatError(f"{path}:{n}: item {item!r} has category {category!r} here "
+                                  f"but {attrs[item][0][0]!r} earlier")
+    if duplicates:
+        warnings.warn(DataNote(f"{path}: {len(duplicates)} exact duplicate row(s) dropped, e.g. line "
+                               f"{duplicates[0][0]} repeats line {duplicates[0][1]}"), stacklevel=2)
+    return build(users, items, times, attrs, ("category",) if attrs else (), source=str(path))
+
+
+def _csv_columns(path: Path, n: int, parts: list) -> dict | int:
+    """The header's {column: position}, or the column count (3 or 4) of a file without one."""
+    if len(parts) in (3, 4) and _is_number(parts[2]):
+        return len(parts)  # data: no header
+    names = [p.lower() for p in parts]
+    found = {col: names.index(a) for col, aliases in CSV_COLUMNS.items() for a in aliases if a in names}
+    missing = [c for c in ("user", "item", "timestamp") if c not in found]
+    if missing:
+        raise DataFormatError(f"{path}:{n}: expected user,item,timestamp[,category], or a header line "
+                              f"naming columns user, item and timestamp (missing {', '.join(missing)}); "
+                              f"got {_shown(parts)}")
+    if len(set(names)) != len(names):
+        raise DataFormatError(f"{path}:{n}: the header names a column twice: {_shown(parts)}")
+    ignored = [parts[i] for i in range(len(parts)) if i not in found.values()]
+    if ignored:
+        warnings.warn(DataNote(f"{path}: column(s) {', '.join(ignored)} ignored"), stacklevel=3)
+    return {**found, "width": len(parts)}
+
+
+def _csv_row(path: Path, n: int, parts: list, columns: dict | int) -> list:
+    """[user, item, timestamp, category or None] of a data line, checked."""
+    width = columns["width"] if isinstance(columns, dict) else columns
+    if len(parts) != width:
+        layout = "the header's columns" if isinstance(columns, dict) else "user,item,timestamp[,category]"
+        raise DataFormatError(f"{path}:{n}: {len(parts)} columns, expected {width} ({layout}); "
+                              f"got {_shown(parts)}")
+    pos = columns if isinstance(columns, dict) else {"user": 0, "item": 1, "timestamp": 2,
+                                                      **({"category": 3} if width == 4 else {})}
+    user, item, time = (parts[pos[c]] for c in ("user", "item", "timestamp"))
+    if not _is_number(time):
+        raise DataFormatError(f"{path}:{n}: timestamp must be a finite number, got {time!r}")
+    if not user or not item:
+        raise DataFormatError(f"{path}:{n}: empty user or item id")
+    return [user, item, time, parts[pos["category"]] if "category" in pos else None]
+
+
+def _shown(parts: list) -> str:
+    """The line as read, for an error message."""
+    return repr(",".join(parts)[:80])
 
 
 def _is_number(text: str) -> bool:

@@ -1,6 +1,7 @@
 """Training (MIND 3.5: sampled softmax and Adam) and full-ranking evaluation of a model."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,6 +59,8 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
     """
     if len(train.target) == 0:
         raise ValueError("no training examples: every training user has fewer than 2 behaviours")
+    if state is None:
+        check_memory(cfg, batch_size, num_neg, np.dtype(dtype).itemsize)
     keep_temporaries_mapped()
     state = state or start(cfg, lr, dtype)
     M.check_params(state.params, cfg)
@@ -92,6 +95,37 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
         if stop is not None and stop() and state.epoch < epochs:
             raise TrainingInterrupted(state)
     return state
+
+
+def training_bytes(cfg: M.MINDConfig, batch_size: int, num_neg: int, itemsize: int = 4) -> int:
+    """About how much memory training takes: each parameter four times (itself, its gradient and
+    Adam's two moments) and a step's largest activations ([B, K, L, d] routing, [B, K, S] scores)."""
+    params = sum(int(np.prod(s)) for s in M.param_shapes(cfg).values())
+    B, K, L, d = batch_size, cfg.K, cfg.max_len, cfg.dim
+    activations = 8 * B * K * L * d + 6 * B * K * (num_neg + B)
+    return (4 * params + activations) * itemsize
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable on Linux, else physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cfg: M.MINDConfig, batch_size: int, num_neg: int, itemsize: int = 4) -> None:
+    """MemoryError before any allocation when training cannot fit in the memory available."""
+    need, have = training_bytes(cfg, batch_size, num_neg, itemsize), available_memory()
+    if need > have:
+        shapes = M.param_shapes(cfg)
+        big = max(shapes, key=lambda k: np.prod(shapes[k]))
+        raise MemoryError(f"training needs about {need / 2**30:,.1f} GiB, {have / 2**30:,.1f} GiB is "
+                          "available "
+                          f"(the largest parameter, {big} {list(shapes[big])}, takes "
+                          f"{np.prod(shapes[big]) * itemsize / 2**30:,.1f} GiB); lower --dim, --batch-size, "
+                          "--max-len or --negatives")
 
 
 def scorer(params: dict, cfg: M.MINDConfig, ds: Dataset) -> Callable:

@@ -188,7 +188,7 @@ def test_raw_ids_and_requests(trained):
     assert res[1]["interests"] == 4  # 59 behaviours, the latest 30 kept: K'u = min(4, log2 30)
     with pytest.raises(ValueError, match="not in this bundle's catalog"):
         recommend(bundle, [["1", "999999"]])
-    with pytest.raises(ValueError, match="empty history"):
+    with pytest.raises(ValueError, match="history: empty"):
         recommend(bundle, [[]])
     with pytest.raises(ValueError, match="profile segment: unknown value"):
         recommend(bundle, [["1"]], [["nope"]])
@@ -216,4 +216,5 @@ def test_cli_export_retrieve_explain(trained, tmp_path, capsys):
     users.write_text('{"user": 1, "history": [1, 2]}\n{"user": 2, "history": [1, 99999]}\n')
     assert main(["retrieve", "--bundle", str(tmp_path / "b"), "--users", str(users), "--out",
                  str(tmp_path / "bad.jsonl")]) == 2
-    assert "lines 1-2" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()
+    assert "line 2 (user 2): item 99999 is not in this bundle" in capsys.readouterr().err
+    assert not (tmp_path / "bad.jsonl").exists() and not (tmp_path / ".bad.jsonl.part").exists()
