@@ -5,11 +5,13 @@ merged by Eq. (3); bundles with checksums; serving from raw ids and `explain`.
 Needs the export extra: pip install 'mindref[export]'.
 """
 from .bundle import Bundle, BundleError, export_bundle, load_bundle
-from .retrieval import METRICS, ItemIndex, Retrieved, Retriever, eq3
+from .retrieval import METRICS, SEARCHES, ItemIndex, Retrieved, Retriever, eq3
 from .runtime import TowerOutput, TowerSession, check_request, make_session
 from .serve import describe, encode, explain, recommend, recommend_stream
+from .topn import TopNSession, build_topn
 from .tower import IR_VERSION, OPSET, build_tower
 
-__all__ = ["IR_VERSION", "METRICS", "OPSET", "Bundle", "BundleError", "ItemIndex", "Retrieved", "Retriever",
-           "TowerOutput", "TowerSession", "build_tower", "check_request", "describe", "encode", "eq3",
-           "explain", "export_bundle", "load_bundle", "make_session", "recommend", "recommend_stream"]
+__all__ = ["IR_VERSION", "METRICS", "OPSET", "SEARCHES", "Bundle", "BundleError", "ItemIndex", "Retrieved",
+           "Retriever", "TopNSession", "TowerOutput", "TowerSession", "build_topn", "build_tower",
+           "check_request", "describe", "encode", "eq3", "explain", "export_bundle", "load_bundle",
+           "make_session", "recommend", "recommend_stream"]

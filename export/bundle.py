@@ -1,12 +1,14 @@
 """A serving bundle: one folder with everything retrieval needs, verified when loaded.
 
     tower.onnx         the user tower (mindref.export.tower)
+    topn.onnx          exact retrieval: Eq. (3) over every item and the top n (mindref.export.topn);
+                       over 1 GiB of vectors its initializer points into item_vectors.npy
     item_vectors.npy   E [V, d] float32, e_i = f_item(F_i); row 0 (padding) is 0
     items.ann          Annoy index of E[1:] for inner products (mindref.export.retrieval.ItemIndex)
     item_fields.npz    each item side field's ids [V, F_f]: the tower's field inputs
     items.json         raw item ids, labels, field and profile vocabularies (for people and the CLI)
-    manifest.json      schema, versions, model config, ONNX and Annoy settings, and each file's
-                       size and SHA-256
+    manifest.json      schema, versions, model config, ONNX and Annoy settings, the measured
+                       choice of search for 'auto', and each file's size and SHA-256
 
 The bundle is written into a temporary sibling folder and renamed into place, so a crash never
 leaves half a bundle under the final name. Loading checks every file's size and checksum before
@@ -19,11 +21,13 @@ import io
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from mindref import __version__
 from mindref.checkpoint import atomic_write, config_from_json, read_json_object
@@ -32,10 +36,12 @@ from mindref.model import MINDConfig, item_forward
 
 from .retrieval import ItemIndex, Retriever
 from .runtime import TowerSession
+from .topn import EXTERNAL_ABOVE, TopNSession, build_topn, npy_data_offset
 from .tower import IR_VERSION, OPSET, build_tower
 
 SCHEMA_VERSION = 1
 FILES = ("tower.onnx", "item_vectors.npy", "items.ann", "item_fields.npz", "items.json")
+TOPN = "topn.onnx"  # absent from bundles written before it: those search with NumPy and Annoy
 
 
 class BundleError(ValueError):
@@ -44,7 +50,7 @@ class BundleError(ValueError):
 
 def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int = 50,
                   seed: int = 0, overwrite: bool = False, items: str = "table",
-                  metric: str = "angular") -> Path:
+                  metric: str = "angular", external_above: int = EXTERNAL_ABOVE) -> Path:
     """Write the bundle of a trained model (params, cfg) over the dataset's items to `out`.
     overwrite=True replaces an existing bundle, and only a bundle (replaceable_bundle)."""
     out = Path(out)
@@ -56,7 +62,8 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_files(tmp, params, cfg, ds, {"n_trees": n_trees, "seed": seed, "metric": metric}, items)
+        _write_files(tmp, params, cfg, ds, {"n_trees": n_trees, "seed": seed, "metric": metric}, items,
+                     external_above)
         if out.exists():  # set the old bundle aside, never delete it before the new one is in place
             os.replace(out, old)
         try:
@@ -89,19 +96,27 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
     except BundleError as err:
         raise FileExistsError(f"{out}: not a mindref bundle ({err}); --force replaces only a bundle "
                               "written by `mindref export`. Choose another --out") from None
-    extra = sorted(found - {*FILES, "manifest.json"})
+    extra = sorted(found - {*FILES, TOPN, "manifest.json"})
     if extra:
         raise FileExistsError(f"{out}: holds files that are not part of a bundle ({', '.join(extra[:5])}); "
                               "--force would delete them. Move them away or choose another --out")
 
 
-def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy: dict, items: str) -> None:
+def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy: dict, items: str,
+                 external_above: int) -> None:
     tower = build_tower(params, cfg, ds.item_fields, items)
     atomic_write(folder / "tower.onnx", tower.SerializeToString())
     E, _ = item_forward({k: np.asarray(v, np.float32) for k, v in params.items()}, ds.item_fields,
                         np.arange(cfg.num_items))  # [V, d]
-    atomic_write(folder / "item_vectors.npy", _npy(E))
-    ItemIndex.build(E, **annoy).save(folder / "items.ann")
+    npy = _npy(E)
+    atomic_write(folder / "item_vectors.npy", npy)
+    topn = build_topn(E, cfg.K, external_above, npy_data_offset(npy))
+    atomic_write(folder / TOPN, topn.SerializeToString())
+    external = E.nbytes > external_above
+    if external:
+        onnx.checker.check_model(str(folder / TOPN))  # beside the item_vectors.npy it points into
+    index = ItemIndex.build(E, **annoy)
+    index.save(folder / "items.ann")
     buf = io.BytesIO()
     np.savez(buf, **{f"field_{f}": t for f, t in enumerate(ds.item_fields)})
     atomic_write(folder / "item_fields.npz", buf.getvalue())
@@ -110,12 +125,34 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy
                "field_labels": [list(v) for v in ds.field_labels], "profile_names": list(ds.profile_names),
                "profile_labels": [list(v) for v in ds.profile_labels]}
     atomic_write(folder / "items.json", json.dumps(catalog).encode())
+    session = TopNSession(str(folder / TOPN) if external else topn.SerializeToString(), cfg.num_items, cfg.K)
+    search = measure_search(Retriever(E, index, topn=session), cfg.K)
     manifest = {"format": "mindref-bundle", "schema_version": SCHEMA_VERSION, "mindref_version": __version__,
                 "config": cfg.to_dict(),
                 "onnx": {"ir_version": IR_VERSION, "opset": OPSET, "items": items},
+                "topn": {"external_data": external}, "search": search,
                 "annoy": {**annoy, "dim": cfg.dim},
-                "files": {name: _stamp(folder / name) for name in FILES}}
+                "files": {name: _stamp(folder / name) for name in (*FILES, TOPN)}}
     atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+
+def measure_search(retriever: Retriever, K: int, users: int = 64, n: int = 50, seed: int = 0) -> dict:
+    """Users/s of each search over this catalogue, and 'auto': the faster exact search, unless
+    Annoy (approximate) is more than twice as fast as it. Interests: item vectors drawn at random,
+    K'_u = K (the costliest case)."""
+    rng = np.random.default_rng(seed)
+    E = retriever.E
+    V_u = E[rng.integers(1, len(E), (users, K))]  # [users, K, d]
+    mask = np.ones((users, K), bool)
+    hist = rng.integers(1, len(E), (users, 20))
+    rates = {}
+    for method in ("exact", "onnx", "annoy"):
+        t0 = time.perf_counter()
+        retriever.retrieve(V_u, mask, hist, n, method)
+        rates[method] = round(users / max(time.perf_counter() - t0, 1e-9), 1)
+    best_exact = max(("exact", "onnx"), key=rates.get)
+    auto = "annoy" if rates["annoy"] > 2 * rates[best_exact] else best_exact
+    return {"auto": auto, "users_per_s": rates, "users": users, "n": n}
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -173,8 +210,8 @@ class Bundle:
             elif not vocab and v.isdigit():
                 out.append(int(v))
             else:
-                known = ", ".join(vocab[1:]) if vocab else "an integer id"
-                raise ValueError(f"profile {name}: unknown value {v!r}; one of {known}")
+                known = f"one of {', '.join(vocab[1:])}" if vocab else "an integer id"
+                raise ValueError(f"profile {name}: unknown value {v!r}; expected {known}")
         return np.array(out, np.int64)
 
 
@@ -198,7 +235,14 @@ def load_bundle(path: str | Path, provider: str = "auto", threads: int | None = 
     index = ItemIndex.load(path / "items.ann", cfg.dim, manifest.get("annoy", {}).get("metric", "dot"))
     if len(index) != cfg.num_items - 1:
         raise BundleError(f"{path / 'items.ann'}: {len(index)} items, expected {cfg.num_items - 1}")
-    return Bundle(path, cfg, tower, E, Retriever(E, index, oversample, search_k), items, manifest)
+    topn = None
+    if TOPN in manifest["files"]:
+        graph = _read_verified(path / TOPN, manifest["files"][TOPN])
+        external = manifest.get("topn", {}).get("external_data", False)  # then onnxruntime reads by path
+        topn = TopNSession(str(path / TOPN) if external else graph, cfg.num_items, cfg.K, provider, threads)
+    auto = manifest.get("search", {}).get("auto")  # the search measured fastest at export
+    retriever = Retriever(E, index, oversample, search_k, topn=topn, auto=auto)
+    return Bundle(path, cfg, tower, E, retriever, items, manifest)
 
 
 def _manifest(path: Path) -> dict:

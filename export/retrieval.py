@@ -89,48 +89,70 @@ def eq3(V: np.ndarray, mask: np.ndarray, E_c: np.ndarray) -> tuple[np.ndarray, n
     return s.max(0), s.argmax(0)
 
 
+SEARCHES = ("auto", "exact", "onnx", "annoy")  # exact: NumPy; onnx: the top-n graph (export/topn.py)
+
+
 class Retriever:
     """Top-N items of users given their interests V [B, K, d] and interest masks [B, K].
 
-    exact_below: with exact=None (auto), catalogs of at most this many items are searched exactly
-    (docs/results.md: on Beauty's 12k items brute force is both faster and exact on a CPU; at 1M
-    items exact batched search costs 15 ms per query).
-    index: an ItemIndex over E (None: exact only); oversample: each interest asks the index for
-    oversample * n candidates (plus the history's length, which is excluded afterwards);
-    search_k: Annoy's nodes inspected per query (-1: n_trees * n, Annoy's default)."""
+    Three ways to search: 'exact' (NumPy: Eq. 3 over every item, then a partial sort), 'onnx' (the
+    same inside the top-n graph, onnxruntime; needs topn) and 'annoy' (each interest queries the
+    ANN index, candidates merged and re-scored exactly by Eq. 3; needs index). 'auto' is the
+    bundle's measured choice (auto=...), else exact up to exact_below items (docs/results.md).
+    index: an ItemIndex over E; oversample: each interest asks the index for oversample * n
+    candidates (plus the history's length, which is excluded afterwards); search_k: Annoy's nodes
+    inspected per query (-1: n_trees * n, Annoy's default)."""
 
     def __init__(self, E: np.ndarray, index: ItemIndex | None = None, oversample: int = 2,
-                 search_k: int = -1, exact_below: int = 200_000):
+                 search_k: int = -1, exact_below: int = 200_000, topn=None, auto: str | None = None):
         if oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {oversample}")
         if search_k != -1 and not 1 <= search_k <= ANNOY_INT_MAX:
             raise ValueError(f"search_k must be -1 (Annoy's default: trees * n) or 1..{ANNOY_INT_MAX:,}, "
                              f"got {search_k}")
         self.E, self.index, self.oversample, self.search_k = E, index, oversample, search_k
-        self.exact_below = exact_below
+        self.exact_below, self.topn, self.auto = exact_below, topn, auto
+
+    def method(self, search: str | bool | None) -> str:
+        """'exact', 'onnx' or 'annoy' for a search mode (True: 'exact', False: 'annoy', None: 'auto')."""
+        search = {True: "exact", False: "annoy", None: "auto"}.get(search, search)
+        if search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+        if search == "auto":
+            search = self.auto or ("exact" if self.index is None or len(self.E) - 1 <= self.exact_below
+                                   else "annoy")
+        if search == "annoy" and self.index is None:
+            raise ValueError("no ANN index: build one or ask for exact retrieval")
+        if search == "onnx" and self.topn is None:
+            raise ValueError("no top-n graph in this bundle (export it again with this mindref)")
+        return search
 
     def retrieve(self, V: np.ndarray, mask: np.ndarray, hist: np.ndarray | None = None, n: int = 50,
-                 exact: bool | None = None) -> list[Retrieved]:
-        """One Retrieved per user. hist [B, L] (0 = padding): those items are excluded; None keeps
-        them. exact: True brute force, False the ANN index, None (auto) brute force for catalogs
-        of at most exact_below items or without an index."""
+                 exact: str | bool | None = None) -> list[Retrieved]:
+        """One Retrieved per user. hist [B, H] (0 = padding): those items are excluded; None keeps
+        them. exact: the search mode (SEARCHES; True is 'exact', False 'annoy', None 'auto')."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if V.ndim != 3 or mask.shape != V.shape[:2] or V.shape[2] != self.E.shape[1]:
             raise ValueError(f"interests {list(V.shape)} and mask {list(mask.shape)} do not fit item vectors "
                              f"{list(self.E.shape)}")
-        if exact is None:
-            exact = self.index is None or len(self.E) - 1 <= self.exact_below
-        if not exact and self.index is None:
-            raise ValueError("no ANN index: build one or ask for exact retrieval")
+        method = self.method(exact)
         hist = np.zeros((V.shape[0], 1), np.int64) if hist is None else np.asarray(hist)
-        if exact:
+        if method == "exact":
             return self._exact(V, mask, hist, n)
+        if method == "onnx":
+            return self._onnx(V, mask, hist, n)
         return [self._approximate(V[b], mask[b], hist[b], n) for b in range(V.shape[0])]
 
     def _exact(self, V: np.ndarray, mask: np.ndarray, hist: np.ndarray, n: int) -> list[Retrieved]:
         top = top_n(max_scores(V, mask, self.E), hist, n)  # [B, n]  padding and history excluded
         return [self._result(V[b], mask[b], top[b][top[b] != 0]) for b in range(V.shape[0])]
+
+    def _onnx(self, V: np.ndarray, mask: np.ndarray, hist: np.ndarray, n: int) -> list[Retrieved]:
+        items, scores, interest = self.topn.run(V, mask, hist, n)  # [B, n] each, -inf: nothing left
+        keep = scores != -np.inf
+        return [Retrieved(items[b][keep[b]], scores[b][keep[b]], interest[b][keep[b]])
+                for b in range(V.shape[0])]
 
     def _approximate(self, V: np.ndarray, mask: np.ndarray, hist: np.ndarray, n: int) -> Retrieved:
         ask = min(self.oversample * n + int((hist != 0).sum()), len(self.index))  # never past the catalogue

@@ -46,10 +46,11 @@ def encode(bundle: Bundle, histories: list[list], profiles: list[list] | None = 
             users.append(request_ids(bundle, h, profiles[u] if profiles else None))
         except ValueError as err:
             raise ValueError(f"request {u} (0-based): {err}") from None
-    return _encoded(bundle, users)
+    return encoded(bundle, users)
 
 
-def _encoded(bundle: Bundle, users: list) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def encoded(bundle: Bundle, users: list) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """hist, seen, profile of users given as request_ids() pairs (see encode)."""
     seqs = [ids for ids, _ in users]
     profiles = [p for _, p in users]
     if all(p is None for p in profiles):
@@ -70,12 +71,20 @@ def recommend(bundle: Bundle, histories: list[list], profiles: list[list] | None
 
 def _recommend(bundle: Bundle, hist: np.ndarray, seen: np.ndarray, profile: np.ndarray | None, n: int,
                exact: bool | None, exclude_history: bool = True) -> list[dict]:
+    found, mask, left = retrieve_encoded(bundle, hist, seen, profile, n, exact, exclude_history)
+    return [_as_dict(bundle, r, int(m.sum()), n, int(a)) for r, m, a in zip(found, mask, left)]
+
+
+def retrieve_encoded(bundle: Bundle, hist: np.ndarray, seen: np.ndarray, profile: np.ndarray | None, n: int,
+                     exact: bool | None, exclude_history: bool = True
+                     ) -> tuple[list[Retrieved], np.ndarray, np.ndarray]:
+    """The tower and retrieval over encoded users: (Retrieved per user, interest masks [B, K], the
+    number of items each user could be given [B])."""
     out = bundle.tower.run(hist, profile)
     found = bundle.retriever.retrieve(out.interests, out.mask, seen if exclude_history else None, n, exact)
     left = bundle.cfg.num_items - 1 - (np.array([len(np.unique(s[s != 0])) for s in seen])
-                                      if exclude_history else 0)  # [B] items that could be returned
-    return [_as_dict(bundle, r, int(m.sum()), n, int(a)) for r, m, a in
-            zip(found, out.mask, np.broadcast_to(left, len(found)))]
+                                      if exclude_history else np.zeros(len(seen), np.int64))
+    return found, out.mask, left
 
 
 def _as_dict(bundle: Bundle, r: Retrieved, interests: int, n: int, left: int) -> dict:
@@ -120,7 +129,7 @@ def parse_request(bundle: Bundle, number: int, text: str) -> tuple[dict, tuple]:
 
 
 def _serve_chunk(bundle: Bundle, chunk: list, n: int, exact: bool | None) -> Iterator[dict]:
-    results = _recommend(bundle, *_encoded(bundle, [ids for _, ids in chunk]), n, exact)
+    results = _recommend(bundle, *encoded(bundle, [ids for _, ids in chunk]), n, exact)
     for (req, _), res in zip(chunk, results):
         yield {"user": req.get("user"), **res}
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -39,6 +40,9 @@ from .readers import DataNote, decoded_lines
 from .routing import GRAD_MODES, SOFTMAX_AXES
 from .train import TrainingInterrupted, evaluate_model, fit, load_state, save_state, scorer
 
+SEARCHES = ("auto", "exact", "onnx", "annoy")
+SEARCH_HELP = ("exact: Eq. (3) over every item in NumPy; onnx: the same in the bundle's top-n graph; "
+               "annoy: the index; auto: the fastest, measured when the bundle was exported")
 COLUMNS = ("HR@10", "HR@50", "HR@100", "Recall@50", "NDCG@50")
 
 
@@ -328,7 +332,7 @@ def cmd_retrieve(args) -> int:
     if not args.history:
         raise ValueError("give --history ID,ID,... or --users FILE")
     res = export.recommend(bundle, [_split_ids(args.history)],
-                           [_split_ids(args.profile)] if args.profile else None, args.n, _exact(args),
+                           [_split_ids(args.profile)] if args.profile else None, args.n, args.search,
                            not args.include_history)[0]
     if "note" in res:
         print(f"mindref retrieve: note: {res['note']}", file=sys.stderr)
@@ -341,10 +345,6 @@ def cmd_retrieve(args) -> int:
     return 0
 
 
-def _exact(args) -> bool | None:
-    return {"auto": None, "exact": True, "annoy": False}[args.search]
-
-
 def _retrieve_file(export, bundle, args) -> int:
     out, tmp = Path(args.out), Path(args.out).with_name(f".{Path(args.out).name}.part")
     if out.is_dir():
@@ -354,7 +354,7 @@ def _retrieve_file(export, bundle, args) -> int:
     try:
         with open(tmp, "w", encoding="utf-8") as dst:
             lines = (text for _, text in decoded_lines(args.users))
-            for res in export.recommend_stream(bundle, lines, args.n, args.batch_size, _exact(args)):
+            for res in export.recommend_stream(bundle, lines, args.n, args.batch_size, args.search):
                 dst.write(json.dumps(res) + "\n")
                 short += "note" in res
                 bar.update(1)
@@ -366,6 +366,31 @@ def _retrieve_file(export, bundle, args) -> int:
         print(f"mindref retrieve: note: {short:,} users got fewer than {args.n} items (the \"note\" field "
               "says why)", file=sys.stderr)
     print(f"{total:,} users -> {out} ({bundle.tower.provider})", file=sys.stderr)
+    return 0
+
+
+def cmd_batch(args) -> int:
+    _serving()
+    try:
+        from .export import batch
+    except ImportError as err:
+        raise OSError(f"mindref batch needs pyarrow: pip install 'mindref[batch]' ({err})") from None
+    engine = args.engine or ("ray" if importlib.util.find_spec("ray") else "local")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise OSError("--engine ray needs Ray: pip install 'mindref[distributed]'")
+    total = batch.count_requests(Path(args.users)) if Path(args.users).exists() else 0
+    bar = _bar(total, f"batch ({engine})", "user") if engine == "local" else _NoBar()
+    try:
+        record = batch.run_batch(args.bundle, args.users, args.out, engine, args.address, args.workers,
+                                 args.batch_size, args.n, args.search, progress=bar.update)
+    except Exception as err:  # Ray wraps worker errors in its own types: one line, the cause
+        if type(err).__module__.startswith("ray"):
+            raise RuntimeError(f"the Ray job failed: {str(err).strip().splitlines()[-1]}") from None
+        raise
+    finally:
+        bar.close()
+    print(f"{record['input_rows']:,} users -> {args.out}: {record['output_rows']:,} served, "
+          f"{record['error_rows']:,} in _errors/ ({engine}, {record['seconds']:.1f} s)", file=sys.stderr)
     return 0
 
 
@@ -468,16 +493,29 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--users", type=Path, help='JSON lines {"user":..,"history":[..],"profile":[..]}')
             p.add_argument("--out", type=Path, help="JSON lines of results (with --users)")
             p.add_argument("--batch-size", type=int, default=1024)
-            p.add_argument("--search", choices=("auto", "exact", "annoy"), default="auto",
-                           help="exact: Eq. (3) over every item; annoy: the index; auto: exact up to "
-                                "200,000 items (measured faster there, docs/results.md)")
+            p.add_argument("--search", choices=SEARCHES, default="auto", help=SEARCH_HELP)
             p.add_argument("--include-history", action="store_true")
             p.add_argument("--json", action="store_true")
+    p = sub.add_parser("batch", help="recommendations for every user of a Parquet / JSON-lines file, "
+                                      "in one process or on Ray")
+    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument("--users", required=True, type=Path,
+                   help="Parquet file or folder, or JSON lines: user, history (raw ids, oldest first), "
+                        "profile")
+    p.add_argument("--out", required=True, type=Path, help="output folder (Parquet, _errors/, _SUCCESS.json)")
+    p.add_argument("--engine", choices=("local", "ray"),
+                   help="local: one process; ray: Ray Data (default: ray when installed)")
+    p.add_argument("--address", help="a Ray cluster to join (default: start Ray on this machine)")
+    p.add_argument("--workers", type=int, help="Ray actors (default: the cluster's CPUs)")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("-n", type=int, default=50)
+    p.add_argument("--search", choices=SEARCHES, default="auto", help=SEARCH_HELP)
+    p.set_defaults(func=cmd_batch)
     return ap
 
 
 POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "negatives", "users", "n", "trees",
-            "oversample")
+            "oversample", "workers")
 
 
 def _given(argv: list[str] | None) -> set[str]:
@@ -509,8 +547,9 @@ def _check_values(ap: argparse.ArgumentParser, args) -> None:
 
 
 def _note(message, category, filename, lineno, file=None, line=None) -> None:
-    """Readers' notes (DataNote) as one line on stderr, not Python's warning format."""
-    print(f"mindref: note: {message}", file=sys.stderr)
+    """Readers' notes (DataNote) as one line on stderr; libraries' warnings are not the user's."""
+    if issubclass(category, DataNote):
+        print(f"mindref: note: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

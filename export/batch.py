@@ -1,0 +1,253 @@
+"""Recommendations for a whole user base: one per-batch function, run in one process (`local`) or
+on Ray Data (`ray`), Parquet in and out.
+
+    users:  Parquet (a file or a folder of them) or JSON lines, with `user`, `history` (raw item
+            ids, oldest first) and optionally `profile` (raw values in the bundle's order)
+    OUT/part-*.parquet         user, items (list<string>), scores (list<float32>), interest (list<int8>)
+    OUT/_errors/part-*.parquet user, reason: every row that cannot be served (empty history, only
+                               unknown items, malformed ids or profile, a line that is not JSON)
+    OUT/_SUCCESS.json          input and output row counts, the bundle's checksum, engine, seconds
+
+Every input row is in exactly one of the two outputs, and one bad row never stops the job. The job
+writes into a temporary sibling folder and renames it onto OUT only after _SUCCESS.json is written
+(last), so a folder without _SUCCESS.json is never a finished result, and a rerun replaces OUT
+(never appends). Each part file is named by its input batch, so a retried batch rewrites its own
+file instead of adding a duplicate.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mindref.outputs import check_output
+from mindref.readers import decoded_lines
+
+from .bundle import load_bundle
+from .serve import encoded, request_ids, retrieve_encoded
+
+RESULTS = pa.schema([("user", pa.string()), ("items", pa.list_(pa.string())),
+                     ("scores", pa.list_(pa.float32())), ("interest", pa.list_(pa.int8()))])
+ERRORS = pa.schema([("user", pa.string()), ("reason", pa.string())])
+SERVED = RESULTS.append(pa.field("reason", pa.string()))  # what the per-batch function returns
+ENGINES = ("local", "ray")
+SUCCESS = "_SUCCESS.json"
+# '_' like _SUCCESS: Parquet readers (pyarrow, Ray, Spark) skip it, so OUT reads as the results alone
+ERRORS_DIR = "_errors"
+
+
+class BatchServer:
+    """The per-batch function: a requests table (user, history[, profile]) -> SERVED rows, one per
+    request, `reason` null where served. Loads and verifies the bundle once (one Ray actor each)."""
+
+    def __init__(self, bundle: str | Path, n: int = 50, search: str = "auto", threads: int | None = None,
+                 provider: str = "cpu"):
+        self.bundle = load_bundle(bundle, provider, threads)
+        self.n, self.exact = n, search
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        users = [None if u is None else str(u) for u in _column(table, "user")]
+        histories, profiles = _column(table, "history"), _column(table, "profile")
+        reasons = _column(table, "reason")  # set by the reader for lines that were not JSON
+        ids, reasons = _validate(self.bundle, users, histories, profiles, reasons)
+        ok = [r for r, reason in enumerate(reasons) if reason is None]
+        rows = {"items": [None] * len(users), "scores": [None] * len(users), "interest": [None] * len(users)}
+        if ok:
+            found, _, _ = retrieve_encoded(self.bundle, *encoded(self.bundle, [ids[r] for r in ok]), self.n,
+                                           self.exact)
+            raw = np.array([self.bundle.raw_id(i) for i in range(self.bundle.cfg.num_items)], dtype=object)
+            for r, res in zip(ok, found):
+                rows["items"][r] = raw[res.items].tolist()
+                rows["scores"][r] = res.scores.astype(np.float32)
+                rows["interest"][r] = res.interests.astype(np.int8)
+        return pa.table({"user": users, **rows, "reason": reasons}, schema=SERVED)
+
+
+def _column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+
+
+def _validate(bundle, users: list, histories: list, profiles: list, reasons: list) -> tuple[list, list]:
+    """Model ids of each request, and the reason it cannot be served (None where it can)."""
+    ids, out = [None] * len(users), list(reasons)
+    for r, (user, history, profile) in enumerate(zip(users, histories, profiles)):
+        if out[r] is not None:
+            continue
+        try:
+            if user is None:
+                raise ValueError("user: missing")
+            ids[r] = request_ids(bundle, history if history is not None else [], profile)
+        except ValueError as err:
+            out[r] = str(err)
+    return ids, out
+
+
+def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """SERVED rows -> (RESULTS rows, ERRORS rows)."""
+    failed = pc.is_valid(table.column("reason"))
+    served = table.filter(pc.invert(failed)).select(RESULTS.names).cast(RESULTS)
+    return served, table.filter(failed).select(ERRORS.names).cast(ERRORS)
+
+
+def write_outcomes(folder: Path, name: str, table: pa.Table) -> tuple[int, int]:
+    """folder/name.parquet (served) and folder/_errors/name.parquet (failed), each written aside and
+    renamed; (served rows, failed rows)."""
+    counts = []
+    for sub, part in zip((folder, folder / ERRORS_DIR), split_outcomes(table)):
+        sub.mkdir(parents=True, exist_ok=True)
+        tmp = sub / f".{name}.parquet.tmp"
+        pq.write_table(part, tmp)
+        os.replace(tmp, sub / f"{name}.parquet")
+        counts.append(part.num_rows)
+    return counts[0], counts[1]
+
+
+# --- reading requests --------------------------------------------------------------------------
+
+def is_jsonl(path: Path) -> bool:
+    return path.is_file() and path.suffix in (".jsonl", ".json", ".ndjson")
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """A Parquet file, or the Parquet files of a folder (sorted), or FileNotFoundError."""
+    files = [path] if path.is_file() else sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"--users {path}: no Parquet file or JSON lines (.jsonl) there")
+    return files
+
+
+def parse_lines(lines: list[str], first: int | None = None) -> pa.Table:
+    """JSON-line requests -> a requests table; a line that is not a request keeps its row, with
+    `reason` saying why (so it lands in _errors/ and every input row is accounted for)."""
+    users, histories, profiles, reasons = [], [], [], []
+    for k, text in enumerate(lines):
+        where = f"line {first + k}: " if first is not None else ""
+        try:
+            req = json.loads(text)
+            if not isinstance(req, dict):
+                raise ValueError("expected an object")
+        except ValueError as err:
+            users.append(None), histories.append(None), profiles.append(None)
+            reasons.append(f"{where}not a JSON request ({err}): {text[:60]!r}")
+            continue
+        users.append(None if req.get("user") is None else str(req.get("user")))
+        h, p = req.get("history"), req.get("profile")
+        bad = [f for f, v in (("history", h), ("profile", p)) if v is not None and not isinstance(v, list)]
+        histories.append([str(x) for x in h] if isinstance(h, list) else None)
+        profiles.append([str(x) for x in p] if isinstance(p, list) else None)
+        reasons.append(f"{where}{bad[0]}: expected a list, got {req.get(bad[0])!r:.40}" if bad else None)
+    return pa.table({"user": users, "history": histories, "profile": profiles, "reason": reasons},
+                    schema=pa.schema([("user", pa.string()), ("history", pa.list_(pa.string())),
+                                      ("profile", pa.list_(pa.string())), ("reason", pa.string())]))
+
+
+def count_requests(path: Path) -> int:
+    """Rows of the input, counted apart from the job (so the job's outputs can be checked against it)."""
+    if is_jsonl(path):
+        return sum(1 for _, text in decoded_lines(path) if text.strip())
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+
+
+def local_batches(path: Path, batch_size: int) -> Iterator[pa.Table]:
+    """Requests tables of at most batch_size rows, in input order."""
+    if is_jsonl(path):
+        chunk, first = [], None
+        for number, text in decoded_lines(path):
+            if text.strip():
+                first = number if first is None else first
+                chunk.append(text)
+            if len(chunk) == batch_size:
+                yield parse_lines(chunk, first)
+                chunk, first = [], None
+        if chunk:
+            yield parse_lines(chunk, first)
+        return
+    for file in parquet_files(path):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size):
+            yield pa.Table.from_batches([batch])
+
+
+# --- the job -----------------------------------------------------------------------------------
+
+def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: str = "local",
+              address: str | None = None, workers: int | None = None, batch_size: int = 1024, n: int = 50,
+              search: str = "auto", progress=None) -> dict:
+    """Recommend for every user of `users` into the folder `out`; returns the _SUCCESS.json record."""
+    bundle, users, out = Path(bundle), Path(users), Path(out)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if batch_size < 1 or n < 1 or (workers is not None and workers < 1):
+        raise ValueError("--batch-size, -n and --workers must be >= 1")
+    check_output(out, {"--users": users, "--bundle": bundle})
+    check_replaceable_output(out)
+    BatchServer(bundle, n, search)  # verify the bundle once, here, before any worker starts
+    checksum = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    try:
+        rows_in = count_requests(users)
+        if engine == "local":
+            served, failed = _run_local(bundle, users, tmp, batch_size, n, search, progress)
+        else:
+            from .distributed import run_ray
+            served, failed = run_ray(bundle, users, tmp, batch_size, n, search, address, workers, rows_in)
+        if served + failed != rows_in:  # every input row in exactly one output
+            raise RuntimeError(f"{rows_in} input rows but {served} results + {failed} errors were written")
+        record = {"input_rows": rows_in, "output_rows": served, "error_rows": failed, "engine": engine,
+                  "bundle": str(bundle.resolve()), "bundle_manifest_sha256": checksum, "n": n,
+                  "search": search, "seconds": round(time.perf_counter() - t0, 3)}
+        (tmp / SUCCESS).write_text(json.dumps(record, indent=2))  # last: the job is complete
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def _run_local(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, search: str,
+               progress) -> tuple[int, int]:
+    server = BatchServer(bundle, n, search)
+    served = failed = 0
+    for k, table in enumerate(local_batches(users, batch_size)):
+        a, b = write_outcomes(folder, f"part-{k:06d}", server(table))
+        served, failed = served + a, failed + b
+        if progress is not None:
+            progress(table.num_rows)
+    return served, failed
+
+
+def check_replaceable_output(out: Path) -> None:
+    """OUT may be new, empty, or an earlier batch output (finished or not); never another folder."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"--out {out}: is a file; give a folder for the batch output")
+    foreign = [p.name for p in out.iterdir()
+               if not (p.name == SUCCESS or p.name == ERRORS_DIR and p.is_dir() or p.suffix == ".parquet")]
+    if foreign:
+        raise FileExistsError(f"--out {out}: holds files that are not a batch output "
+                              f"({', '.join(foreign[:5])}); a rerun replaces only a batch output. "
+                              "Choose another --out")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,88 @@
+"""The batch job on Ray Data (`mindref batch --engine ray`): read -> map_batches -> write.
+
+    requests (read_parquet, or read_text of JSON lines)
+      -> map_batches(BatchServer): an actor pool; each actor loads and verifies the bundle once
+      -> write_datasink(OutcomeSink): served rows to OUT/part-*.parquet, failed rows to OUT/_errors/
+
+With no address a local Ray starts on this machine (nothing to set up); an address joins an
+existing cluster (OUT must then be on storage every node can write). The actors' CPU share is
+sized from the cluster so that read and write tasks always find a CPU: on a 2-CPU machine a pool
+of 2 actors of 1 CPU each leaves none, and Ray Data stalls (measured). Each actor runs its model
+single-threaded (onnxruntime intra-op threads and the BLAS), so N actors use N cores.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+import ray.data
+from ray.data import Datasink
+
+from .batch import BatchServer, is_jsonl, parquet_files, parse_lines, write_outcomes
+
+SINGLE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+READ_WRITE_CPUS = 1.0  # kept free of actors for the read and write tasks (0.5 stalled on 2 CPUs)
+TASK_CPUS = 0.25  # a read, parse or write task (Ray's default of 1 CPU would not fit)
+
+
+class OutcomeSink(Datasink):
+    """Writes each block's served and failed rows (batch.write_outcomes). A file is named by the
+    write task and the block's place in it, so a retried task rewrites its files, never adds."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder, self.counts = folder, (0, 0)
+
+    def write(self, blocks, ctx) -> tuple[int, int]:
+        served = failed = 0
+        for i, block in enumerate(blocks):
+            a, b = write_outcomes(self.folder, f"part-{ctx.task_idx:06d}-{i:04d}", pa.table(block))
+            served, failed = served + a, failed + b
+        return served, failed
+
+    def on_write_complete(self, write_result) -> None:
+        returns = list(write_result.write_returns)
+        self.counts = (sum(a for a, _ in returns), sum(b for _, b in returns))
+
+
+def actor_share(cpus: float, workers: int) -> float:
+    """CPUs per actor: the cluster's CPUs less READ_WRITE_CPUS, shared by the actors, at most 1."""
+    return max(0.05, min(1.0, (cpus - READ_WRITE_CPUS) / workers))
+
+
+def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, search: str,
+            address: str | None = None, workers: int | None = None, rows: int | None = None,
+            server: type = BatchServer) -> tuple[int, int]:
+    """(served rows, failed rows) written under folder by a Ray Data job; rows (the input's row
+    count) splits the input into about one block per batch, so every actor gets work."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ log lines are not the user's
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=True)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_operator_progress_bars = False  # one progress bar for the job
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    workers = workers or max(1, int(cpus))
+    blocks = max(workers, -(-(rows or 0) // batch_size))
+    if is_jsonl(users):
+        requests = ray.data.read_text(str(users), num_cpus=TASK_CPUS, override_num_blocks=blocks).map_batches(
+            _parse_text, batch_format="pyarrow", num_cpus=TASK_CPUS)
+    else:
+        requests = ray.data.read_parquet([str(f) for f in parquet_files(users)], num_cpus=TASK_CPUS,
+                                         override_num_blocks=blocks)
+    served = requests.map_batches(
+        server, fn_constructor_kwargs={"bundle": str(bundle), "n": n, "search": search, "threads": 1},
+        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=actor_share(cpus, workers),
+        batch_size=batch_size, batch_format="pyarrow", runtime_env={"env_vars": SINGLE_THREAD})
+    sink = OutcomeSink(folder)
+    served.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
+    return sink.counts
+
+
+def _parse_text(table: pa.Table) -> pa.Table:
+    lines = [t for t in table.column("text").to_pylist() if t.strip()]
+    return parse_lines(lines)

@@ -1,0 +1,121 @@
+"""Exact retrieval inside ONNX: Eq. (3) over the whole catalogue and the top n, one graph.
+
+    inputs   interests      float32 [B, K, d]   V_u from the user tower, zero beyond K'_u
+             interest_mask  bool [B, K]         valid interests (j < K'_u)
+             history        int64 [B, H]        item ids to exclude (the user's history), 0 = padding
+             n              int64 [1]           how many items (at most the catalogue's V)
+    outputs  items          int64 [B, n]        item ids, best first (equal scores: lower id first)
+             scores         float32 [B, n]      f(V_u, e_i) = max_k e_i . v_k (Eq. 3); -inf past the
+                                                last item left (history covering the catalogue)
+             interest       int64 [B, n]        the k whose e_i . v_k is the max
+
+The item vectors E [V, d] are an initializer. The graph: scores of every interest against every
+item (one Gemm over [B K, d] x [d, V]), masked interests at -inf (Where: a masked capsule holding a
+non-zero vector never wins), max and arg max over k (Eq. 3; ArgMax keeps the first, lowest k, as
+NumPy's argmax), the history and the padding id 0 scattered to -inf, TopK. A row whose entries
+are all -inf (n larger than what is left) is trimmed by the caller (TopNSession).
+
+Above `external_above` bytes of vectors (default 1 GiB; protobuf refuses messages over 2 GiB) the
+initializer is ONNX external data pointing into the bundle's item_vectors.npy at its data offset,
+so the vectors are stored once and the graph file stays small.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from mindref import __version__
+
+from .runtime import make_session
+from .tower import IR_VERSION, OPSET
+
+EXTERNAL_ABOVE = 2**30  # bytes of item vectors above which they are external data
+VECTORS_FILE = "item_vectors.npy"
+
+
+def build_topn(E: np.ndarray, K: int, external_above: int = EXTERNAL_ABOVE,
+               npy_offset: int | None = None) -> onnx.ModelProto:
+    """The graph over item vectors E [V, d] (float32) for users of K interests. External data
+    (E larger than external_above bytes) needs npy_offset: where E's bytes start in item_vectors.npy."""
+    V, d = E.shape
+    i64, f32 = TensorProto.INT64, TensorProto.FLOAT
+    items = numpy_helper.from_array(np.ascontiguousarray(E, np.float32), "item_vectors")
+    if E.nbytes > external_above:
+        if npy_offset is None:
+            raise ValueError("external item vectors need the offset of their data in item_vectors.npy")
+        items.ClearField("raw_data")
+        items.data_location = TensorProto.EXTERNAL
+        where = {"location": VECTORS_FILE, "offset": str(npy_offset), "length": str(E.nbytes)}
+        for key, value in where.items():
+            items.external_data.add(key=key, value=value)
+    consts = [numpy_helper.from_array(np.array([-1, d], np.int64), "flat_shape"),
+              numpy_helper.from_array(np.array([-1, K, V], np.int64), "scores_shape"),
+              numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf"),
+              numpy_helper.from_array(np.array([2], np.int64), "axis_2"),
+              numpy_helper.from_array(np.array([0], np.int64), "start"),
+              numpy_helper.from_array(np.array([1], np.int64), "one")]
+    node = helper.make_node
+    nodes = [
+        node("Reshape", ["interests", "flat_shape"], ["v_flat"]),  # [B K, d]
+        node("Gemm", ["v_flat", "item_vectors"], ["s_flat"], transB=1),  # [B K, V]: e_i . v_k
+        node("Reshape", ["s_flat", "scores_shape"], ["s"]),  # [B, K, V]
+        node("Unsqueeze", ["interest_mask", "axis_2"], ["mask3"]),  # [B, K, 1]
+        node("Where", ["mask3", "s", "minus_inf"], ["s_masked"]),  # masked interests never win
+        node("ReduceMax", ["s_masked", "one"], ["best"], keepdims=0),  # [B, V]  Eq. (3)
+        node("ArgMax", ["s_masked"], ["winner"], axis=1, keepdims=0),  # [B, V]
+        node("Slice", ["history", "start", "one", "one"], ["first"]),  # [B, 1]
+        node("Mul", ["first", "start"], ["padding"]),  # [B, 1] zeros: the padding id 0, always excluded
+        node("Concat", ["history", "padding"], ["excluded"], axis=1),  # [B, H + 1]
+        node("Shape", ["excluded"], ["excluded_shape"]),
+        node("Expand", ["minus_inf", "excluded_shape"], ["minus_infs"]),  # [B, H + 1]
+        node("ScatterElements", ["best", "excluded", "minus_infs"], ["left"], axis=1),  # [B, V]
+        node("TopK", ["left", "n"], ["scores", "items"], axis=1, largest=1, sorted=1),  # [B, n]
+        node("GatherElements", ["winner", "items"], ["interest"], axis=1),  # [B, n]
+    ]
+    inputs = [helper.make_tensor_value_info("interests", f32, ["B", K, d]),
+              helper.make_tensor_value_info("interest_mask", TensorProto.BOOL, ["B", K]),
+              helper.make_tensor_value_info("history", i64, ["B", "H"]),
+              helper.make_tensor_value_info("n", i64, [1])]
+    outputs = [helper.make_tensor_value_info("items", i64, ["B", "n"]),
+               helper.make_tensor_value_info("scores", f32, ["B", "n"]),
+               helper.make_tensor_value_info("interest", i64, ["B", "n"])]
+    graph = helper.make_graph(nodes, "mind_eq3_topn", inputs, outputs, [items, *consts])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+                              producer_name="mindref", producer_version=__version__,
+                              doc_string="MIND retrieval: Eq. (3) over every item, history excluded, top n")
+    if E.nbytes <= external_above:  # the external-data form is checked by path, beside its vectors
+        onnx.checker.check_model(model)
+    return model
+
+
+def npy_data_offset(npy: bytes) -> int:
+    """Where the array's bytes start in a .npy file (after its header)."""
+    buf = io.BytesIO(npy)
+    version = np.lib.format.read_magic(buf)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    read(buf)
+    return buf.tell()
+
+
+class TopNSession:
+    """The top-n graph on onnxruntime; users in chunks so that the [chunk, K, V] scores stay
+    within `budget` bytes."""
+
+    def __init__(self, model: bytes | str, V: int, K: int, provider: str = "auto", threads: int | None = None,
+                 budget: int = 2**28):
+        self.session: ort.InferenceSession = make_session(model, provider, threads)
+        self.V, self.chunk = V, max(1, budget // (4 * K * V))
+
+    def run(self, V_u: np.ndarray, mask: np.ndarray, history: np.ndarray, n: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """items, scores, interest [B, min(n, V)]; excluded slots have score -inf."""
+        feeds = {"interests": np.ascontiguousarray(V_u, np.float32), "interest_mask": mask.astype(bool),
+                 "history": np.ascontiguousarray(history, np.int64)}
+        k = np.array([min(n, self.V)], np.int64)
+        parts = [self.session.run(None, {**{a: b[i:i + self.chunk] for a, b in feeds.items()}, "n": k})
+                 for i in range(0, len(V_u), self.chunk)]
+        return tuple(np.concatenate(x) for x in zip(*parts))
