@@ -180,7 +180,7 @@ def local_batches(path: Path, batch_size: int) -> Iterator[pa.Table]:
 
 def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: str = "local",
               address: str | None = None, workers: int | None = None, batch_size: int = 1024, n: int = 50,
-              search: str = "auto", progress=None) -> dict:
+              search: str = "auto", threads: int | None = None, progress=None) -> dict:
     """Recommend for every user of `users` into the folder `out`; returns the _SUCCESS.json record."""
     bundle, users, out = Path(bundle), Path(users), Path(out)
     if engine not in ENGINES:
@@ -198,13 +198,15 @@ def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: st
     try:
         rows_in = count_requests(users)
         if engine == "local":
-            served, failed = _run_local(bundle, users, tmp, batch_size, n, search, progress)
+            served, failed = _run_local(bundle, users, tmp, batch_size, n, search, threads, progress)
         else:
             from .distributed import run_ray
-            served, failed = run_ray(bundle, users, tmp, batch_size, n, search, address, workers, rows_in)
+            served, failed = run_ray(bundle, users, tmp, batch_size, n, search, address, workers, rows_in,
+                                     threads=threads or 1)
         if served + failed != rows_in:  # every input row in exactly one output
             raise RuntimeError(f"{rows_in} input rows but {served} results + {failed} errors were written")
         record = {"input_rows": rows_in, "output_rows": served, "error_rows": failed, "engine": engine,
+                  "workers": workers if engine == "ray" else 1, "threads": threads,
                   "bundle": str(bundle.resolve()), "bundle_manifest_sha256": checksum, "n": n,
                   "search": search, "seconds": round(time.perf_counter() - t0, 3)}
         (tmp / SUCCESS).write_text(json.dumps(record, indent=2))  # last: the job is complete
@@ -215,8 +217,8 @@ def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: st
 
 
 def _run_local(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, search: str,
-               progress) -> tuple[int, int]:
-    server = BatchServer(bundle, n, search)
+               threads: int | None, progress) -> tuple[int, int]:
+    server = BatchServer(bundle, n, search, threads)
     served = failed = 0
     for k, table in enumerate(local_batches(users, batch_size)):
         a, b = write_outcomes(folder, f"part-{k:06d}", server(table))

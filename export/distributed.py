@@ -8,7 +8,7 @@ With no address a local Ray starts on this machine (nothing to set up); an addre
 existing cluster (OUT must then be on storage every node can write). The actors' CPU share is
 sized from the cluster so that read and write tasks always find a CPU: on a 2-CPU machine a pool
 of 2 actors of 1 CPU each leaves none, and Ray Data stalls (measured). Each actor runs its model
-single-threaded (onnxruntime intra-op threads and the BLAS), so N actors use N cores.
+single-threaded by default (onnxruntime intra-op threads and the BLAS), so N actors use N cores.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ray.data import Datasink
 
 from .batch import BatchServer, is_jsonl, parquet_files, parse_lines, write_outcomes
 
-SINGLE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 READ_WRITE_CPUS = 1.0  # kept free of actors for the read and write tasks (0.5 stalled on 2 CPUs)
 TASK_CPUS = 0.25  # a read, parse or write task (Ray's default of 1 CPU would not fit)
 
@@ -55,9 +55,10 @@ def actor_share(cpus: float, workers: int) -> float:
 
 def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, search: str,
             address: str | None = None, workers: int | None = None, rows: int | None = None,
-            server: type = BatchServer) -> tuple[int, int]:
+            server: type = BatchServer, threads: int = 1) -> tuple[int, int]:
     """(served rows, failed rows) written under folder by a Ray Data job; rows (the input's row
-    count) splits the input into about one block per batch, so every actor gets work."""
+    count) splits the input into about one block per batch, so every actor gets work; threads:
+    each actor's onnxruntime and BLAS threads."""
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ log lines are not the user's
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
@@ -75,12 +76,16 @@ def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, se
         requests = ray.data.read_parquet([str(f) for f in parquet_files(users)], num_cpus=TASK_CPUS,
                                          override_num_blocks=blocks)
     served = requests.map_batches(
-        server, fn_constructor_kwargs={"bundle": str(bundle), "n": n, "search": search, "threads": 1},
+        server, fn_constructor_kwargs={"bundle": str(bundle), "n": n, "search": search, "threads": threads},
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=actor_share(cpus, workers),
-        batch_size=batch_size, batch_format="pyarrow", runtime_env={"env_vars": SINGLE_THREAD})
+        batch_size=batch_size, batch_format="pyarrow", runtime_env={"env_vars": _threads_env(threads)})
     sink = OutcomeSink(folder)
     served.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
     return sink.counts
+
+
+def _threads_env(threads: int) -> dict:
+    return {v: str(threads) for v in BLAS_THREADS}
 
 
 def _parse_text(table: pa.Table) -> pa.Table:

@@ -28,6 +28,7 @@ class Retrieved(NamedTuple):
 
 METRICS = ("angular", "dot")
 ANNOY_INT_MAX = 2**31 - 1  # Annoy takes n and search_k as C ints
+EXACT_BUDGET = 2**28  # bytes of [users, K, V] scores the exact search holds at once
 
 
 class ItemIndex:
@@ -145,8 +146,12 @@ class Retriever:
         return [self._approximate(V[b], mask[b], hist[b], n) for b in range(V.shape[0])]
 
     def _exact(self, V: np.ndarray, mask: np.ndarray, hist: np.ndarray, n: int) -> list[Retrieved]:
-        top = top_n(max_scores(V, mask, self.E), hist, n)  # [B, n]  padding and history excluded
-        return [self._result(V[b], mask[b], top[b][top[b] != 0]) for b in range(V.shape[0])]
+        chunk = max(1, EXACT_BUDGET // (4 * V.shape[1] * len(self.E)))  # users whose [K, V] scores fit
+        out = []
+        for s in range(0, V.shape[0], chunk):
+            top = top_n(max_scores(V[s:s + chunk], mask[s:s + chunk], self.E), hist[s:s + chunk], n)  # [b, n]
+            out += [self._result(V[s + b], mask[s + b], t[t != 0]) for b, t in enumerate(top)]
+        return out
 
     def _onnx(self, V: np.ndarray, mask: np.ndarray, hist: np.ndarray, n: int) -> list[Retrieved]:
         items, scores, interest = self.topn.run(V, mask, hist, n)  # [B, n] each, -inf: nothing left

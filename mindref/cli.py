@@ -382,7 +382,7 @@ def cmd_batch(args) -> int:
     bar = _bar(total, f"batch ({engine})", "user") if engine == "local" else _NoBar()
     try:
         record = batch.run_batch(args.bundle, args.users, args.out, engine, args.address, args.workers,
-                                 args.batch_size, args.n, args.search, progress=bar.update)
+                                 args.batch_size, args.n, args.search, args.threads, progress=bar.update)
     except Exception as err:  # Ray wraps worker errors in its own types: one line, the cause
         if type(err).__module__.startswith("ray"):
             raise RuntimeError(f"the Ray job failed: {str(err).strip().splitlines()[-1]}") from None
@@ -507,6 +507,8 @@ def parser() -> argparse.ArgumentParser:
                    help="local: one process; ray: Ray Data (default: ray when installed)")
     p.add_argument("--address", help="a Ray cluster to join (default: start Ray on this machine)")
     p.add_argument("--workers", type=int, help="Ray actors (default: the cluster's CPUs)")
+    p.add_argument("--threads", type=int,
+                   help="threads per worker (default: local, all cores; each Ray actor, 1)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("-n", type=int, default=50)
     p.add_argument("--search", choices=SEARCHES, default="auto", help=SEARCH_HELP)
@@ -515,7 +517,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "negatives", "users", "n", "trees",
-            "oversample", "workers")
+            "oversample", "workers", "threads")
 
 
 def _given(argv: list[str] | None) -> set[str]:

@@ -25,7 +25,8 @@ CUTOFFS = (10, 20, 50, 100)
 
 def max_scores(V: np.ndarray, capsule_mask: np.ndarray, E: np.ndarray) -> np.ndarray:
     """Eq. (3): [B, K, d], [B, K], [N, d] -> [B, N] = max_k over valid k of V[b, k] . E[n]."""
-    s = V @ E.T  # [B, K, N]
+    B, K, d = V.shape
+    s = (V.reshape(B * K, d) @ E.T).reshape(B, K, -1)  # [B, K, N]: one GEMM reads E once, not once per user
     return np.where(capsule_mask[:, :, None], s, -np.inf).max(axis=1)
 
 

@@ -97,6 +97,8 @@ def test_the_interest_mask_decides(tmp_path):
     items, scores, interest = session.run(V_u, mask, np.zeros((1, 1), np.int64), 3)
     assert items.tolist() == [[3, 2, 1]] and not interest.any()
     np.testing.assert_allclose(scores, [[0.3, 0.2, 0.1]], rtol=1e-6)
+    with pytest.raises(ValueError, match="interest 0 must be valid"):
+        session.run(V_u, ~mask, np.zeros((1, 1), np.int64), 3)
 
 
 def test_large_catalogues_use_external_data_in_item_vectors_npy(tmp_path):

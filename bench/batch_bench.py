@@ -1,0 +1,134 @@
+"""The batch job at scale: a 1,000,000-item catalogue and 100,000 users (issue 12).
+
+    python bench/batch_bench.py --work /tmp/batch-bench                 # build, then measure all
+    python bench/batch_bench.py --work /tmp/batch-bench --users 20000   # fewer users
+
+1. A catalogue with trained-like vectors: MIND trained on the embedded planted data (d = 64), then
+   each of the 1M items is one trained item's embedding plus Gaussian noise (10% of its norm), in
+   that item's category; every other parameter is the trained model's. Exported as a bundle (tower,
+   item vectors, topn.onnx, Annoy with 10 trees).
+2. Users: planted-interest histories (2-4 clusters each, 5-40 items) over the big catalogue, in a
+   Parquet file of 1,024-row row groups.
+3. Measured, each as `mindref batch` in its own process (so thread settings hold from the start):
+   searches (NumPy exact, ONNX exact, Annoy) on a slice of users with the local engine on 2
+   threads, Annoy's recall@50 against exact; engines with ONNX exact over every user: local on 1
+   thread, local on 2 threads, Ray with 2 single-threaded actors. Users/s, and the peak memory (max
+   RSS) of the `mindref batch` process: for the local engine that is one worker's memory (the
+   bundle loaded once, as each Ray actor loads it); for Ray it is the driver's alone.
+
+Figures are ratios measured in one run; the machine is shared and noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mindref.data import Dataset, synthetic
+from mindref.datasets import split
+from mindref.model import MINDConfig
+from mindref.train import fit
+
+
+def build(work: Path, items: int, users: int, seed: int = 0) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mindref.export import export_bundle
+
+    rng = np.random.default_rng(seed)
+    ds = synthetic(num_users=2000, seed=seed)
+    spec = {"protocol": "loo", "max_len": 50}
+    train, _, _ = split(ds, spec, {})
+    cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                     dim=64, K=4, hidden=(64,), max_len=50, seed=seed)
+    t = time.perf_counter()
+    params = fit(cfg, ds, train, epochs=3, batch_size=256, num_neg=256).params
+    print(f"trained on planted data: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    base = 1 + rng.integers(0, ds.num_items - 1, items)  # [items] the trained item each copies
+    base[: ds.num_items - 1] = np.arange(1, ds.num_items)
+    emb = params["item_emb"][base]
+    noise = rng.normal(size=emb.shape).astype(np.float32)
+    emb += 0.1 * noise * np.linalg.norm(emb, axis=1, keepdims=True) / np.sqrt(emb.shape[1])
+    big = dict(params, item_emb=np.vstack([np.zeros((1, cfg.dim), np.float32), emb]))
+    category = np.vstack([[[0]], ds.item_fields[0][base]])  # [items + 1, 1]
+    big_cfg = MINDConfig(**{**cfg.to_dict(), "num_items": items + 1})
+    big_ds = Dataset([np.array([1])], (category,), ds.field_names, ds.profiles[:1], ds.profile_names)
+    t = time.perf_counter()
+    export_bundle(work / "bundle", big, big_cfg, big_ds, n_trees=10, overwrite=True)
+    print(f"exported {items:,} items: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    # users: planted interests over the big catalogue (items grouped by their trained item's cluster)
+    by_cluster = [np.flatnonzero(category[:, 0] == c) for c in range(1, int(category.max()) + 1)]
+    histories = []
+    for _ in range(users):
+        mine = rng.choice(len(by_cluster), rng.integers(2, 5), replace=False)
+        pool = np.concatenate([by_cluster[c] for c in mine])
+        histories.append([str(i) for i in rng.choice(pool, rng.integers(5, 41), replace=False)])
+    table = pa.table({"user": [f"u{u}" for u in range(users)], "history": histories})
+    pq.write_table(table, work / "users.parquet", row_group_size=1024)
+    pq.write_table(table.slice(0, 2000), work / "users-2k.parquet", row_group_size=1024)
+
+
+def run(work: Path, name: str, users: str, threads: int, *flags: str) -> dict:
+    """One `mindref batch` in its own process; its _SUCCESS.json, users/s and peak memory."""
+    env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+    out = work / f"out-{name}"
+    cmd = [sys.executable, "-m", "mindref", "batch", "--bundle", str(work / "bundle"), "--users",
+           str(work / users), "--out", str(out), "--threads", str(threads), *flags]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak memory
+    seconds = time.perf_counter() - t
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({status})")
+    record = json.loads((out / "_SUCCESS.json").read_text())
+    row = {"run": name, "users": record["input_rows"], "seconds": round(seconds, 1),
+           "users_per_s": round(record["input_rows"] / seconds, 1),
+           "job_users_per_s": round(record["input_rows"] / record["seconds"], 1),
+           "max_rss_mib": round(usage.ru_maxrss / 1024)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def recall(work: Path, a: str, b: str, n: int = 50) -> float:
+    import pyarrow.parquet as pq
+
+    exact = {r["user"]: set(r["items"][:n]) for r in pq.read_table(work / f"out-{a}").to_pylist()}
+    approx = {r["user"]: set(r["items"][:n]) for r in pq.read_table(work / f"out-{b}").to_pylist()}
+    return float(np.mean([len(exact[u] & approx[u]) / len(exact[u]) for u in exact]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="a scratch folder (about 1.5 GB)")
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--skip-build", action="store_true")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not args.skip_build:
+        build(args.work, args.items, args.users)
+    manifest = json.loads((args.work / "bundle" / "manifest.json").read_text())
+    print(json.dumps({"export_measured_search": manifest["search"]}), flush=True)
+    for search in ("exact", "onnx", "annoy"):
+        run(args.work, f"search-{search}", "users-2k.parquet", 2, "--engine", "local", "--search", search)
+    print(json.dumps({"annoy_recall@50_vs_exact": round(recall(args.work, "search-exact", "search-annoy"), 4),
+                      "onnx_recall@50_vs_exact": round(recall(args.work, "search-exact", "search-onnx"), 4)}),
+          flush=True)
+    rows = [run(args.work, "local-1-thread", "users.parquet", 1, "--engine", "local", "--search", "onnx"),
+            run(args.work, "local-2-threads", "users.parquet", 2, "--engine", "local", "--search", "onnx"),
+            run(args.work, "ray-2-workers", "users.parquet", 1, "--engine", "ray", "--workers", "2",
+                "--search", "onnx")]
+    local1, local2, ray2 = (r["job_users_per_s"] for r in rows)
+    print(json.dumps({"ray_2_workers / local_1_thread": round(ray2 / local1, 2),
+                      "ray_2_workers / local_2_threads": round(ray2 / local2, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
