@@ -75,8 +75,13 @@ def build(work: Path, items: int, users: int, seed: int = 0) -> None:
     pq.write_table(table.slice(0, 2000), work / "users-2k.parquet", row_group_size=1024)
 
 
-def run(work: Path, name: str, users: str, threads: int, *flags: str) -> dict:
+ONLY: list | None = None
+
+
+def run(work: Path, name: str, users: str, threads: int, *flags: str) -> dict | None:
     """One `mindref batch` in its own process; its _SUCCESS.json, users/s and peak memory."""
+    if ONLY and name not in ONLY:
+        return None
     env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
     out = work / f"out-{name}"
     cmd = [sys.executable, "-m", "mindref", "batch", "--bundle", str(work / "bundle"), "--users",
@@ -110,21 +115,27 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--only", nargs="*", help="only these runs (e.g. ray-2-workers), with --skip-build")
     args = ap.parse_args()
+    global ONLY
+    ONLY = args.only
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.skip_build:
         build(args.work, args.items, args.users)
     manifest = json.loads((args.work / "bundle" / "manifest.json").read_text())
     print(json.dumps({"export_measured_search": manifest["search"]}), flush=True)
-    for search in ("exact", "onnx", "annoy"):
-        run(args.work, f"search-{search}", "users-2k.parquet", 2, "--engine", "local", "--search", search)
-    print(json.dumps({"annoy_recall@50_vs_exact": round(recall(args.work, "search-exact", "search-annoy"), 4),
-                      "onnx_recall@50_vs_exact": round(recall(args.work, "search-exact", "search-onnx"), 4)}),
-          flush=True)
+    searches = [run(args.work, f"search-{s}", "users-2k.parquet", 2, "--engine", "local", "--search", s)
+                for s in ("exact", "onnx", "annoy")]
+    if None not in searches:
+        recalls = {f"{s}_recall@50_vs_exact": round(recall(args.work, "search-exact", f"search-{s}"), 4)
+                   for s in ("annoy", "onnx")}
+        print(json.dumps(recalls), flush=True)
     rows = [run(args.work, "local-1-thread", "users.parquet", 1, "--engine", "local", "--search", "onnx"),
             run(args.work, "local-2-threads", "users.parquet", 2, "--engine", "local", "--search", "onnx"),
             run(args.work, "ray-2-workers", "users.parquet", 1, "--engine", "ray", "--workers", "2",
                 "--search", "onnx")]
+    if None in rows:
+        return
     local1, local2, ray2 = (r["job_users_per_s"] for r in rows)
     print(json.dumps({"ray_2_workers / local_1_thread": round(ray2 / local1, 2),
                       "ray_2_workers / local_2_threads": round(ray2 / local2, 2)}), flush=True)

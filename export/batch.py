@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mindref.outputs import check_output
+from mindref.outputs import check_output, move_into_place
 from mindref.readers import decoded_lines
 
 from .bundle import load_bundle
@@ -201,7 +201,7 @@ def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: st
             served, failed = _run_local(bundle, users, tmp, batch_size, n, search, threads, progress)
         else:
             from .distributed import run_ray
-            served, failed = run_ray(bundle, users, tmp, batch_size, n, search, address, workers, rows_in,
+            served, failed = run_ray(bundle, users, tmp, batch_size, n, search, address, workers,
                                      threads=threads or 1)
         if served + failed != rows_in:  # every input row in exactly one output
             raise RuntimeError(f"{rows_in} input rows but {served} results + {failed} errors were written")
@@ -210,7 +210,7 @@ def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: st
                   "bundle": str(bundle.resolve()), "bundle_manifest_sha256": checksum, "n": n,
                   "search": search, "seconds": round(time.perf_counter() - t0, 3)}
         (tmp / SUCCESS).write_text(json.dumps(record, indent=2))  # last: the job is complete
-        _move_into_place(tmp, out)
+        move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
@@ -240,16 +240,3 @@ def check_replaceable_output(out: Path) -> None:
         raise FileExistsError(f"--out {out}: holds files that are not a batch output "
                               f"({', '.join(foreign[:5])}); a rerun replaces only a batch output. "
                               "Choose another --out")
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old.exists():
-            os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -33,6 +33,7 @@ from mindref import __version__
 from mindref.checkpoint import atomic_write, config_from_json, read_json_object
 from mindref.data import Dataset
 from mindref.model import MINDConfig, item_forward
+from mindref.outputs import move_into_place
 
 from .retrieval import ItemIndex, Retriever
 from .runtime import TowerSession
@@ -58,24 +59,15 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
     if ds.num_items != cfg.num_items or ds.field_sizes != tuple(cfg.field_sizes):
         raise ValueError(f"the dataset ({ds.num_items} items, fields {ds.field_sizes}) is not the model's "
                          f"({cfg.num_items} items, fields {tuple(cfg.field_sizes)})")
-    tmp, old = (out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         _write_files(tmp, params, cfg, ds, {"n_trees": n_trees, "seed": seed, "metric": metric}, items,
                      external_above)
-        if out.exists():  # set the old bundle aside, never delete it before the new one is in place
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if old.exists():
-                os.replace(old, out)
-            raise
+        move_into_place(tmp, out)  # an old bundle is set aside, and deleted only once the new one is in
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and out.exists():  # the old bundle is superseded only once the new one is in
-            shutil.rmtree(old)
     return out
 
 
@@ -148,6 +140,7 @@ def measure_search(retriever: Retriever, K: int, users: int = 64, n: int = 50, s
     hist = rng.integers(1, len(E), (users, 20))
     rates, found = {}, {}
     for method in ("exact", "onnx", "annoy"):
+        retriever.retrieve(V_u[:2], mask[:2], hist[:2], n, method)  # warm-up: first-call allocations
         t0 = time.perf_counter()
         found[method] = retriever.retrieve(V_u, mask, hist, n, method)
         rates[method] = round(users / max(time.perf_counter() - t0, 1e-9), 1)

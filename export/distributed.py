@@ -54,11 +54,11 @@ def actor_share(cpus: float, workers: int) -> float:
 
 
 def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, search: str,
-            address: str | None = None, workers: int | None = None, rows: int | None = None,
-            server: type = BatchServer, threads: int = 1) -> tuple[int, int]:
-    """(served rows, failed rows) written under folder by a Ray Data job; rows (the input's row
-    count) splits the input into about one block per batch, so every actor gets work; threads:
-    each actor's onnxruntime and BLAS threads."""
+            address: str | None = None, workers: int | None = None, server: type = BatchServer,
+            threads: int = 1) -> tuple[int, int]:
+    """(served rows, failed rows) written under folder by a Ray Data job. The input is cut into
+    blocks of batch_size rows as it streams (a Parquet file of one row group is read as one block,
+    which one actor alone would serve); threads: each actor's onnxruntime and BLAS threads."""
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ log lines are not the user's
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
@@ -68,14 +68,12 @@ def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, se
     context.enable_operator_progress_bars = False  # one progress bar for the job
     cpus = float(ray.cluster_resources().get("CPU", 1))
     workers = workers or max(1, int(cpus))
-    blocks = max(workers, -(-(rows or 0) // batch_size))
     if is_jsonl(users):
-        requests = ray.data.read_text(str(users), num_cpus=TASK_CPUS, override_num_blocks=blocks).map_batches(
+        requests = ray.data.read_text(str(users), num_cpus=TASK_CPUS).map_batches(
             _parse_text, batch_format="pyarrow", num_cpus=TASK_CPUS)
     else:
-        requests = ray.data.read_parquet([str(f) for f in parquet_files(users)], num_cpus=TASK_CPUS,
-                                         override_num_blocks=blocks)
-    served = requests.map_batches(
+        requests = ray.data.read_parquet([str(f) for f in parquet_files(users)], num_cpus=TASK_CPUS)
+    served = requests.repartition(target_num_rows_per_block=batch_size).map_batches(
         server, fn_constructor_kwargs={"bundle": str(bundle), "n": n, "search": search, "threads": threads},
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=actor_share(cpus, workers),
         batch_size=batch_size, batch_format="pyarrow", runtime_env={"env_vars": _threads_env(threads)})

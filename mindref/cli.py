@@ -159,8 +159,9 @@ def cmd_train(args) -> int:
     ds, splits = load_dataset(spec)
     if state is None:
         cfg, spec = _config(args, ds), {**spec, "fingerprint": fingerprint(ds)}
-    else:
+    else:  # a run from before fingerprints adopts the data it resumes on
         check_fingerprint(spec, ds)
+        spec = {**spec, "fingerprint": spec.get("fingerprint") or fingerprint(ds)}
     train, valid, _ = split(ds, spec, splits)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ path lets an output replace an input. The error names both paths and what to do 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -41,3 +42,18 @@ def check_output(out: str | Path, inputs: dict[str, str | Path], flag: str = "--
         if same(out, path) or within(path, out) or (Path(path).is_dir() and within(out, path)):
             raise OutputError(f"{flag} {out} would overwrite the input {what} {path}; "
                               f"write the output somewhere else")
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder tmp onto out. An existing out is set aside first and deleted only
+    once tmp is in place; if the rename fails, it is put back. Readers see the old or the new."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -25,7 +25,7 @@ FLOATS = st.sampled_from(["0.01", "0", "-1", "nan", "inf", "x", "1e308"])
 def world(tmp_path_factory):
     """Inputs a user has lying around: a data file, a trained run, its bundle, a users file and a
     folder of their own notes. The test checks that none of them ever changes."""
-    require("onnx"), require("onnxruntime"), require("annoy")
+    require("onnx"), require("onnxruntime"), require("annoy"), require("pyarrow")
     root = tmp_path_factory.mktemp("world")
     rows = (f"u{u},i{(3 * u + t) % 20},{t}" for u in range(25) for t in range(6))
     (root / "data.csv").write_text("\n".join(rows))
@@ -104,6 +104,9 @@ def command(world: Path, scratch: Path):
                          opt("--batch-size", NUMBERS))
     explain = st.tuples(st.just(["explain"]), bundle,
                         opt("--history", st.sampled_from(["i1,i2,i3", "", "zz"])), opt("-n", NUMBERS))
+    batch = st.tuples(st.just(["batch", "--engine", "local"]), bundle, users.map(lambda p: ["--users", p]),
+                      out.map(lambda p: ["--out", p]), opt("-n", NUMBERS), opt("--batch-size", NUMBERS),
+                      opt("--search", st.sampled_from(["auto", "exact", "onnx", "annoy"])))
 
     def flat(parts):
         out = []
@@ -111,7 +114,7 @@ def command(world: Path, scratch: Path):
             out += flat(p) if isinstance(p, tuple) else p
         return out
 
-    return st.one_of(train, evaluate, export, retrieve, explain).map(flat)
+    return st.one_of(train, evaluate, export, retrieve, explain, batch).map(flat)
 
 
 @CLI
@@ -134,6 +137,9 @@ def test_the_cli_never_loses_data_or_prints_a_traceback(world, tmp_path_factory,
     leftovers = [p.name for p in scratch.iterdir() if p.name.startswith(".")]
     assert not leftovers, (argv, leftovers)  # no .part, .tmp-PID or .old-PID
     out = scratch / "out"
+    if out.exists() and argv[0] == "batch":  # complete: _SUCCESS.json, every input row accounted for
+        record = json.loads((out / "_SUCCESS.json").read_text())
+        assert code == 0 and record["input_rows"] == record["output_rows"] + record["error_rows"]
     if out.exists() and argv[0] == "export":
         assert code == 0 and (out / "manifest.json").is_file()
     if out.exists() and argv[0] == "train":
