@@ -53,6 +53,7 @@ class BatchServer:
                  provider: str = "cpu"):
         self.bundle = load_bundle(bundle, provider, threads)
         self.n, self.exact = n, search
+        self.raw = np.array([self.bundle.raw_id(i) for i in range(self.bundle.cfg.num_items)], dtype=object)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         users = [None if u is None else str(u) for u in _column(table, "user")]
@@ -64,9 +65,8 @@ class BatchServer:
         if ok:
             found, _, _ = retrieve_encoded(self.bundle, *encoded(self.bundle, [ids[r] for r in ok]), self.n,
                                            self.exact)
-            raw = np.array([self.bundle.raw_id(i) for i in range(self.bundle.cfg.num_items)], dtype=object)
             for r, res in zip(ok, found):
-                rows["items"][r] = raw[res.items].tolist()
+                rows["items"][r] = self.raw[res.items].tolist()
                 rows["scores"][r] = res.scores.astype(np.float32)
                 rows["interest"][r] = res.interests.astype(np.int8)
         return pa.table({"user": users, **rows, "reason": reasons}, schema=SERVED)

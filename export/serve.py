@@ -63,20 +63,20 @@ def encoded(bundle: Bundle, users: list) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def recommend(bundle: Bundle, histories: list[list], profiles: list[list] | None = None, n: int = 50,
-              exact: bool | None = None, exclude_history: bool = True) -> list[dict]:
+              exact: str | bool | None = None, exclude_history: bool = True) -> list[dict]:
     """For each user: the top n items as raw ids with Eq. (3) scores and the winning interest. The
     tower reads the latest L behaviours; with exclude_history every behaviour given is excluded."""
     return _recommend(bundle, *encode(bundle, histories, profiles), n, exact, exclude_history)
 
 
 def _recommend(bundle: Bundle, hist: np.ndarray, seen: np.ndarray, profile: np.ndarray | None, n: int,
-               exact: bool | None, exclude_history: bool = True) -> list[dict]:
+               exact: str | bool | None, exclude_history: bool = True) -> list[dict]:
     found, mask, left = retrieve_encoded(bundle, hist, seen, profile, n, exact, exclude_history)
     return [_as_dict(bundle, r, int(m.sum()), n, int(a)) for r, m, a in zip(found, mask, left)]
 
 
 def retrieve_encoded(bundle: Bundle, hist: np.ndarray, seen: np.ndarray, profile: np.ndarray | None, n: int,
-                     exact: bool | None, exclude_history: bool = True
+                     exact: str | bool | None, exclude_history: bool = True
                      ) -> tuple[list[Retrieved], np.ndarray, np.ndarray]:
     """The tower and retrieval over encoded users: (Retrieved per user, interest masks [B, K], the
     number of items each user could be given [B])."""
@@ -99,7 +99,7 @@ def _as_dict(bundle: Bundle, r: Retrieved, interests: int, n: int, left: int) ->
 
 
 def recommend_stream(bundle: Bundle, lines: Iterable[str], n: int = 50, batch: int = 1024,
-                     exact: bool | None = None) -> Iterator[dict]:
+                     exact: str | bool | None = None) -> Iterator[dict]:
     """Requests as JSON lines -> one result dict per request, in order, `batch` users at a time.
     A malformed request raises ValueError naming its line number, the user and the field."""
     chunk: list[tuple[dict, tuple]] = []
@@ -128,7 +128,7 @@ def parse_request(bundle: Bundle, number: int, text: str) -> tuple[dict, tuple]:
         raise ValueError(f"line {number} (user {req.get('user')!r}): {err}") from None
 
 
-def _serve_chunk(bundle: Bundle, chunk: list, n: int, exact: bool | None) -> Iterator[dict]:
+def _serve_chunk(bundle: Bundle, chunk: list, n: int, exact: str | bool | None) -> Iterator[dict]:
     results = _recommend(bundle, *encoded(bundle, [ids for _, ids in chunk]), n, exact)
     for (req, _), res in zip(chunk, results):
         yield {"user": req.get("user"), **res}
