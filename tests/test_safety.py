@@ -191,9 +191,11 @@ def test_ctrl_c_during_compare_stops_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mindref", "compare", *SMALL, "--users", "400",
                              "--epochs", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    time.sleep(4)
+    first = proc.stderr.readline()  # "MostPopular: 0s": the command is under way, its handlers in place
+    time.sleep(1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
+    err = first + err
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "mindref compare: interrupted" in err
 
