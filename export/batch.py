@@ -189,7 +189,10 @@ def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: st
         raise ValueError("--batch-size, -n and --workers must be >= 1")
     check_output(out, {"--users": users, "--bundle": bundle})
     check_replaceable_output(out)
-    BatchServer(bundle, n, search)  # verify the bundle once, here, before any worker starts
+    # verify the bundle once, here, before any worker starts; the local engine serves with it
+    server = BatchServer(bundle, n, search, threads if engine == "local" else 1)
+    if engine != "local":
+        del server  # the driver serves nothing: its copy of the bundle goes before the actors load theirs
     checksum = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -198,7 +201,7 @@ def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: st
     try:
         rows_in = count_requests(users)
         if engine == "local":
-            served, failed = _run_local(bundle, users, tmp, batch_size, n, search, threads, progress)
+            served, failed = _run_local(server, users, tmp, batch_size, progress)
         else:
             from .distributed import run_ray
             served, failed = run_ray(bundle, users, tmp, batch_size, n, search, address, workers,
@@ -216,9 +219,7 @@ def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: st
     return record
 
 
-def _run_local(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, search: str,
-               threads: int | None, progress) -> tuple[int, int]:
-    server = BatchServer(bundle, n, search, threads)
+def _run_local(server: BatchServer, users: Path, folder: Path, batch_size: int, progress) -> tuple[int, int]:
     served = failed = 0
     for k, table in enumerate(local_batches(users, batch_size)):
         a, b = write_outcomes(folder, f"part-{k:06d}", server(table))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import signal
 import sys
@@ -542,6 +543,10 @@ def _check_values(ap: argparse.ArgumentParser, args) -> None:
         ap.error(f"--hidden: every layer size must be >= 1, got {' '.join(map(str, args.hidden))}")
     if getattr(args, "seed", 0) < 0:
         ap.error(f"--seed must be >= 0, got {args.seed}")
+    for name in ("lr", "sigma", "p"):
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            ap.error(f"--{name} must be a finite number, got {value}")
     if getattr(args, "lr", 1) <= 0 or getattr(args, "sigma", 0) < 0:
         ap.error("--lr must be > 0 and --sigma >= 0")
     search_k = getattr(args, "search_k", -1)

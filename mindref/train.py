@@ -88,6 +88,10 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
                 progress(state.epoch, state.step - 1, steps, loss)
             if stop is not None and stop() and state.step < steps:
                 raise TrainingInterrupted(state)
+        bad = next((k for k, v in state.params.items() if not np.isfinite(v).all()), None)
+        if bad is not None:  # e.g. a step that overflowed: never checkpoint what cannot be loaded
+            raise FloatingPointError(f"non-finite parameter {bad} after epoch {state.epoch + 1}; lower the "
+                                     "learning rate (the last checkpoint is kept)")
         state.losses.append(state.total / steps)
         state.epoch, state.order, state.step, state.total = state.epoch + 1, None, 0, 0.0
         if on_epoch is not None:

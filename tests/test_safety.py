@@ -171,7 +171,8 @@ def test_impossible_values_are_refused_by_flag(run, tmp_path, capsys):
     err = err_of(capsys)
     assert "training needs about" in err and "S [100000, 100000]" in err and "lower --dim" in err
     for flags, message in ((["--hidden", "0"], "--hidden"), (["--hidden", "-3"], "--hidden"),
-                           (["--seed", "-1"], "--seed")):
+                           (["--seed", "-1"], "--seed"), (["--lr", "nan"], "--lr must be a finite"),
+                           (["--sigma", "inf"], "--sigma must be a finite")):
         with pytest.raises(SystemExit) as exit_:
             main(["train", *SMALL, *flags, "--out", out])
         assert exit_.value.code == 2 and message in err_of(capsys)
@@ -281,3 +282,20 @@ def test_evaluation_and_retrieval_exclude_the_whole_history(run):
     full = [str(i) for i in range(1, L + 15)]
     top = recommend(bundle, [full], n=30, exact=True)[0]["items"]
     assert not set(top) & set(full)
+
+
+def test_parameters_that_turn_non_finite_are_never_checkpointed(tmp_path):
+    """A learning rate that wrecks the parameters within one epoch (found by the CLI property test
+    with --lr nan): fit stops before on_epoch, so no checkpoint that cannot be loaded is written."""
+    from mindref.data import leave_one_out, synthetic
+    from mindref.model import MINDConfig
+    from mindref.train import fit
+
+    ds = synthetic(num_users=40, num_clusters=4, items_per_cluster=10, length=(6, 10), seed=1)
+    train, _, _ = leave_one_out(ds, 10)
+    cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                     dim=4, K=2, hidden=(4,), max_len=10)
+    saved = []
+    with pytest.raises(FloatingPointError, match="non-finite parameter .* after epoch 1"):
+        fit(cfg, ds, train, epochs=1, batch_size=10_000, num_neg=4, lr=float("nan"), on_epoch=saved.append)
+    assert not saved
