@@ -179,3 +179,28 @@ def test_a_worker_that_dies_mid_job_still_gives_a_complete_output(world, referen
     assert marker.exists()  # the worker did die
     assert (served, failed) == (596, 0)
     same_rows(results(folder), reference)  # complete, no duplicates
+
+
+def test_ctrl_c_of_a_ray_driver_leaves_nothing_and_a_rerun_completes(world, tmp_path):
+    """A real SIGINT to `mindref batch --engine ray` while the job runs: exit 130 with one line, no
+    OUT and no temporary folder; the same command then completes."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mindref", "batch", "--bundle", str(world / "bundle"), "--users",
+           str(world / "users.parquet"), "--out", str(out), "--engine", "ray", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".out.tmp-*")) and time.time() < deadline:
+        time.sleep(0.05)  # the job has verified the bundle and is starting Ray
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "mindref batch: interrupted" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "_SUCCESS.json").read_text())["output_rows"] == 596
