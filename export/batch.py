@@ -63,7 +63,7 @@ class BatchServer:
         ok = [r for r, reason in enumerate(reasons) if reason is None]
         rows = {"items": [None] * len(users), "scores": [None] * len(users), "interest": [None] * len(users)}
         if ok:
-            found, _, _ = retrieve_encoded(self.bundle, *encoded(self.bundle, [ids[r] for r in ok]), self.n,
+            found, _ = retrieve_encoded(self.bundle, *encoded(self.bundle, [ids[r] for r in ok]), self.n,
                                            self.exact)
             for r, res in zip(ok, found):
                 rows["items"][r] = self.raw[res.items].tolist()
@@ -180,8 +180,10 @@ def local_batches(path: Path, batch_size: int) -> Iterator[pa.Table]:
 
 def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: str = "local",
               address: str | None = None, workers: int | None = None, batch_size: int = 1024, n: int = 50,
-              search: str = "auto", threads: int | None = None, progress=None) -> dict:
-    """Recommend for every user of `users` into the folder `out`; returns the _SUCCESS.json record."""
+              search: str = "auto", threads: int | None = None, progress=None,
+              rows: int | None = None) -> dict:
+    """Recommend for every user of `users` into the folder `out`; returns the _SUCCESS.json record.
+    rows: the input's row count when the caller has it (counted here otherwise)."""
     bundle, users, out = Path(bundle), Path(users), Path(out)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -199,7 +201,7 @@ def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: st
     tmp.mkdir(parents=True)
     t0 = time.perf_counter()
     try:
-        rows_in = count_requests(users)
+        rows_in = count_requests(users) if rows is None else rows
         if engine == "local":
             served, failed = _run_local(server, users, tmp, batch_size, progress)
         else:

@@ -53,7 +53,7 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
                   seed: int = 0, overwrite: bool = False, items: str = "table",
                   metric: str = "angular", external_above: int = EXTERNAL_ABOVE) -> Path:
     """Write the bundle of a trained model (params, cfg) over the dataset's items to `out`.
-    overwrite=True replaces an existing bundle, and only a bundle (replaceable_bundle)."""
+    overwrite=True replaces an existing bundle, and only a bundle (check_replaceable)."""
     out = Path(out)
     check_replaceable(out, overwrite)
     if ds.num_items != cfg.num_items or ds.field_sizes != tuple(cfg.field_sizes):
@@ -104,7 +104,7 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy
     atomic_write(folder / "item_vectors.npy", npy)
     topn = build_topn(E, cfg.K, external_above, npy_data_offset(npy))
     atomic_write(folder / TOPN, topn.SerializeToString())
-    external = E.nbytes > external_above
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in topn.graph.initializer)
     if external:
         onnx.checker.check_model(str(folder / TOPN))  # beside the item_vectors.npy it points into
     index = ItemIndex.build(E, **annoy)

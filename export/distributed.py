@@ -76,14 +76,11 @@ def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, se
     served = requests.repartition(target_num_rows_per_block=batch_size).map_batches(
         server, fn_constructor_kwargs={"bundle": str(bundle), "n": n, "search": search, "threads": threads},
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=actor_share(cpus, workers),
-        batch_size=batch_size, batch_format="pyarrow", runtime_env={"env_vars": _threads_env(threads)})
+        batch_size=batch_size, batch_format="pyarrow",
+        runtime_env={"env_vars": {v: str(threads) for v in BLAS_THREADS}})
     sink = OutcomeSink(folder)
     served.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
     return sink.counts
-
-
-def _threads_env(threads: int) -> dict:
-    return {v: str(threads) for v in BLAS_THREADS}
 
 
 def _parse_text(table: pa.Table) -> pa.Table:

@@ -71,26 +71,25 @@ def recommend(bundle: Bundle, histories: list[list], profiles: list[list] | None
 
 def _recommend(bundle: Bundle, hist: np.ndarray, seen: np.ndarray, profile: np.ndarray | None, n: int,
                exact: str | bool | None, exclude_history: bool = True) -> list[dict]:
-    found, mask, left = retrieve_encoded(bundle, hist, seen, profile, n, exact, exclude_history)
-    return [_as_dict(bundle, r, int(m.sum()), n, int(a)) for r, m, a in zip(found, mask, left)]
+    found, mask = retrieve_encoded(bundle, hist, seen, profile, n, exact, exclude_history)
+    return [_as_dict(bundle, r, int(m.sum()), n, s if exclude_history else s[:0])
+            for r, m, s in zip(found, mask, seen)]
 
 
 def retrieve_encoded(bundle: Bundle, hist: np.ndarray, seen: np.ndarray, profile: np.ndarray | None, n: int,
                      exact: str | bool | None, exclude_history: bool = True
-                     ) -> tuple[list[Retrieved], np.ndarray, np.ndarray]:
-    """The tower and retrieval over encoded users: (Retrieved per user, interest masks [B, K], the
-    number of items each user could be given [B])."""
+                     ) -> tuple[list[Retrieved], np.ndarray]:
+    """The tower and retrieval over encoded users: (Retrieved per user, interest masks [B, K])."""
     out = bundle.tower.run(hist, profile)
     found = bundle.retriever.retrieve(out.interests, out.mask, seen if exclude_history else None, n, exact)
-    left = bundle.cfg.num_items - 1 - (np.array([len(np.unique(s[s != 0])) for s in seen])
-                                      if exclude_history else np.zeros(len(seen), np.int64))
-    return found, out.mask, left
+    return found, out.mask
 
 
-def _as_dict(bundle: Bundle, r: Retrieved, interests: int, n: int, left: int) -> dict:
+def _as_dict(bundle: Bundle, r: Retrieved, interests: int, n: int, excluded: np.ndarray) -> dict:
     res = {"items": [bundle.raw_id(i) for i in r.items], "scores": [round(float(s), 6) for s in r.scores],
            "interest": [int(k) for k in r.interests], "interests": interests, "found": len(r.items)}
-    if len(r.items) < n:
+    if len(r.items) < n:  # why: the catalogue less the history, or the index (counted for short results only)
+        left = bundle.cfg.num_items - 1 - len(np.unique(excluded[excluded != 0]))
         res["note"] = (f"{len(r.items)} of {n}: the catalogue less the history holds only {left} items"
                        if len(r.items) >= left else
                        f"{len(r.items)} of {n}: the index returned too few candidates (raise --search-k "

@@ -41,7 +41,7 @@ from .readers import DataNote, decoded_lines
 from .routing import GRAD_MODES, SOFTMAX_AXES
 from .train import TrainingInterrupted, evaluate_model, fit, load_state, save_state, scorer
 
-SEARCHES = ("auto", "exact", "onnx", "annoy")
+SEARCHES = ("auto", "exact", "onnx", "annoy")  # mindref.export.SEARCHES, which needs the export extra
 SEARCH_HELP = ("exact: Eq. (3) over every item in NumPy; onnx: the same in the bundle's top-n graph; "
                "annoy: the index; auto: the fastest, measured when the bundle was exported")
 COLUMNS = ("HR@10", "HR@50", "HR@100", "Recall@50", "NDCG@50")
@@ -380,11 +380,12 @@ def cmd_batch(args) -> int:
     engine = args.engine or ("ray" if importlib.util.find_spec("ray") else "local")
     if engine == "ray" and importlib.util.find_spec("ray") is None:
         raise OSError("--engine ray needs Ray: pip install 'mindref[distributed]'")
-    total = batch.count_requests(Path(args.users)) if Path(args.users).exists() else 0
-    bar = _bar(total, f"batch ({engine})", "user") if engine == "local" else _NoBar()
+    rows = batch.count_requests(Path(args.users)) if engine == "local" and Path(args.users).exists() else None
+    bar = _bar(rows, f"batch ({engine})", "user") if rows is not None else _NoBar()
     try:
         record = batch.run_batch(args.bundle, args.users, args.out, engine, args.address, args.workers,
-                                 args.batch_size, args.n, args.search, args.threads, progress=bar.update)
+                                 args.batch_size, args.n, args.search, args.threads, progress=bar.update,
+                                 rows=rows)
     except Exception as err:  # Ray wraps worker errors in its own types: one line, the cause
         if type(err).__module__.startswith("ray"):
             raise RuntimeError(f"the Ray job failed: {str(err).strip().splitlines()[-1]}") from None

@@ -304,10 +304,10 @@ def read_interactions_csv(path: str | Path) -> Dataset:
         if len(parts) > 1 and parts[-1] == "" and text.rstrip().endswith(","):
             parts.pop()  # a trailing comma
         if columns is None:
-            columns = _csv_columns(path, n, parts)
-            if isinstance(columns, dict):
-                continue  # a header line
-        row = _csv_row(path, n, parts, columns)
+            columns, header = _csv_columns(path, n, parts)
+            if header:
+                continue
+        row = _csv_row(path, n, parts, *columns)
         key = tuple(row)
         if key in seen:
             duplicates.append((n, seen[key]))
@@ -324,10 +324,12 @@ def read_interactions_csv(path: str | Path) -> Dataset:
     return build(users, items, times, attrs, ("category",) if attrs else (), source=str(path))
 
 
-def _csv_columns(path: Path, n: int, parts: list) -> dict | int:
-    """The header's {column: position}, or the column count (3 or 4) of a file without one."""
-    if len(parts) in (3, 4) and _is_number(parts[2]):
-        return len(parts)  # data: no header
+def _csv_columns(path: Path, n: int, parts: list) -> tuple[tuple[dict, int, str], bool]:
+    """(({column: position}, width, layout), whether the first line is a header): named by the
+    header, or the documented layout of a file without one."""
+    if len(parts) in (3, 4) and _is_number(parts[2]):  # data: no header
+        pos = {"user": 0, "item": 1, "timestamp": 2, **({"category": 3} if len(parts) == 4 else {})}
+        return (pos, len(parts), "user,item,timestamp[,category]"), False
     names = [p.lower() for p in parts]
     found = {col: names.index(a) for col, aliases in CSV_COLUMNS.items() for a in aliases if a in names}
     missing = [c for c in ("user", "item", "timestamp") if c not in found]
@@ -340,18 +342,14 @@ def _csv_columns(path: Path, n: int, parts: list) -> dict | int:
     ignored = [parts[i] for i in range(len(parts)) if i not in found.values()]
     if ignored:
         warnings.warn(DataNote(f"{path}: column(s) {', '.join(ignored)} ignored"), stacklevel=3)
-    return {**found, "width": len(parts)}
+    return (found, len(parts), "the header's columns"), True
 
 
-def _csv_row(path: Path, n: int, parts: list, columns: dict | int) -> list:
+def _csv_row(path: Path, n: int, parts: list, pos: dict, width: int, layout: str) -> list:
     """[user, item, timestamp, category or None] of a data line, checked."""
-    width = columns["width"] if isinstance(columns, dict) else columns
     if len(parts) != width:
-        layout = "the header's columns" if isinstance(columns, dict) else "user,item,timestamp[,category]"
         raise DataFormatError(f"{path}:{n}: {len(parts)} columns, expected {width} ({layout}); "
                               f"got {_shown(parts)}")
-    pos = columns if isinstance(columns, dict) else {"user": 0, "item": 1, "timestamp": 2,
-                                                      **({"category": 3} if width == 4 else {})}
     user, item, time = (parts[pos[c]] for c in ("user", "item", "timestamp"))
     if not _is_number(time):
         raise DataFormatError(f"{path}:{n}: timestamp must be a finite number, got {time!r}")
