@@ -299,3 +299,15 @@ def test_parameters_that_turn_non_finite_are_never_checkpointed(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite parameter .* after epoch 1"):
         fit(cfg, ds, train, epochs=1, batch_size=10_000, num_neg=4, lr=float("nan"), on_epoch=saved.append)
     assert not saved
+
+
+def test_a_closed_pipe_stops_quietly(run):
+    """`mindref retrieve ... | head -1`: the reader leaves early; no error line, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "mindref", "retrieve", "--bundle", str(run / "bundle"),
+                             "--history", "1,2,3", "-n", "1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # as head does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 141), err
+    assert "error" not in err and "Traceback" not in err
