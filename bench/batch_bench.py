@@ -12,9 +12,13 @@
 3. Measured, each as `mindref batch` in its own process (so thread settings hold from the start):
    searches (NumPy exact, ONNX exact, Annoy) on a slice of users with the local engine on 2
    threads, Annoy's recall@50 against exact; engines with ONNX exact over every user: local on 1
-   thread, local on 2 threads, Ray with 2 single-threaded actors. Users/s, and the peak memory (max
-   RSS) of the `mindref batch` process: for the local engine that is one worker's memory (the
-   bundle loaded once, as each Ray actor loads it); for Ray it is the driver's alone.
+   thread, local on 2 threads, Ray with 2 single-threaded actors. Users/s, and memory sampled every
+   0.2 s from /proc/PID/smaps_rollup of the job's processes (the `mindref batch` process and every
+   process it starts, Ray's included): per worker (the local process; each Ray actor serving
+   BatchServer) the peak of its own memory (Anonymous: heap, arenas, score buffers) and of its
+   file-mapped pages (the bundle's mapped .npy arrays and Annoy index: page cache, one copy per
+   machine however many workers map it); and the peak of the job's total proportional set size
+   (PSS: shared pages divided among the processes mapping them), the physical memory of the job.
 
 Figures are ratios measured in one run; the machine is shared and noisy.
 """
@@ -88,17 +92,78 @@ def run(work: Path, name: str, users: str, threads: int, *flags: str) -> dict | 
            str(work / users), "--out", str(out), "--threads", str(threads), *flags]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)  # this process's own peak memory
+    memory = Memory(proc.pid)
+    while proc.poll() is None:
+        memory.sample()
+        time.sleep(0.2)
     seconds = time.perf_counter() - t
-    if status != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({status})")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode})")
     record = json.loads((out / "_SUCCESS.json").read_text())
     row = {"run": name, "users": record["input_rows"], "seconds": round(seconds, 1),
            "users_per_s": round(record["input_rows"] / seconds, 1),
-           "job_users_per_s": round(record["input_rows"] / record["seconds"], 1),
-           "max_rss_mib": round(usage.ru_maxrss / 1024)}
+           "job_users_per_s": round(record["input_rows"] / record["seconds"], 1), **memory.summary()}
     print(json.dumps(row), flush=True)
     return row
+
+
+class Memory:
+    """Peaks of a process tree's memory, from /proc (Linux): per worker process its own
+    (Anonymous) and file-mapped (Rss - Anonymous) memory, and the tree's total PSS."""
+
+    def __init__(self, root: int):
+        self.root, self.workers, self.total_pss = root, {}, 0
+
+    def sample(self) -> None:
+        pss = 0
+        for pid in self._tree():
+            use = _rollup(pid)
+            if not use:
+                continue  # exited between the listing and the read
+            pss += use["Pss"]
+            if pid == self.root or b"BatchServer" in _cmdline(pid):
+                own, mapped = self.workers.get(pid, (0, 0))
+                self.workers[pid] = (max(own, use["Anonymous"]), max(mapped, use["Rss"] - use["Anonymous"]))
+        self.total_pss = max(self.total_pss, pss)
+
+    def summary(self) -> dict:
+        actors = {p: m for p, m in self.workers.items() if p != self.root}  # Ray: the driver is no worker
+        per_worker = list((actors or self.workers).values())
+        return {"workers": len(per_worker), "worker_own_mib": [round(o / 1024) for o, _ in per_worker],
+                "worker_mapped_mib": [round(m / 1024) for _, m in per_worker],
+                "driver_own_mib": round(self.workers.get(self.root, (0, 0))[0] / 1024) if actors else None,
+                "job_pss_peak_mib": round(self.total_pss / 1024)}
+
+    def _tree(self) -> list[int]:
+        parent = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        tree, frontier = [self.root], [self.root]
+        while frontier:
+            frontier = [p for p, pp in parent.items() if pp in frontier]
+            tree += frontier
+        return tree
+
+
+def _rollup(pid: int) -> dict:
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = {line.split(":")[0]: int(line.split()[1]) for line in lines[1:] if line.endswith("kB")}
+    return fields if {"Rss", "Pss", "Anonymous"} <= fields.keys() else {}
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def recall(work: Path, a: str, b: str, n: int = 50) -> float:

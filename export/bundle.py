@@ -1,9 +1,10 @@
 """A serving bundle: one folder with everything retrieval needs, verified when loaded.
 
-    tower.onnx         the user tower (mindref.export.tower)
+    tower.onnx         the user tower (mindref.export.tower); its S e_i table in item_table.npy
     topn.onnx          exact retrieval: Eq. (3) over every item and the top n (mindref.export.topn);
-                       over 1 GiB of vectors its initializer points into item_vectors.npy
+                       its item vectors in item_vectors.npy
     item_vectors.npy   E [V, d] float32, e_i = f_item(F_i); row 0 (padding) is 0
+    item_table.npy     S e_i [V, d] float32 (items='table' towers only)
     items.ann          Annoy index of E[1:] for inner products (mindref.export.retrieval.ItemIndex)
     item_fields.npz    each item side field's ids [V, F_f]: the tower's field inputs
     items.json         raw item ids, labels, field and profile vocabularies (for people and the CLI)
@@ -12,7 +13,9 @@
 
 The bundle is written into a temporary sibling folder and renamed into place, so a crash never
 leaves half a bundle under the final name. Loading checks every file's size and checksum before
-using it and names the file that does not match.
+using it and names the file that does not match. The two .npy files are ONNX external data of the
+graphs: stored once, memory-mapped once for NumPy and onnxruntime, and shared by every process
+that loads the bundle on a machine (mindref.export.arrays).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from mindref import __version__
 from mindref.checkpoint import atomic_write, config_from_json, read_json_object
@@ -35,14 +39,27 @@ from mindref.data import Dataset
 from mindref.model import MINDConfig, item_forward
 from mindref.outputs import move_into_place
 
+from .arrays import (
+    TABLE_FILE,
+    VECTORS_FILE,
+    external_refs,
+    map_verified,
+    npy_bytes,
+    npy_data_offset,
+    npy_view,
+    point_into,
+)
 from .retrieval import ItemIndex, Retriever
 from .runtime import TowerSession
-from .topn import EXTERNAL_ABOVE, TopNSession, build_topn, npy_data_offset
-from .tower import IR_VERSION, OPSET, build_tower
+from .topn import TopNSession, build_topn
+from .tower import IR_VERSION, OPSET, TABLE, build_tower
 
 SCHEMA_VERSION = 1
-FILES = ("tower.onnx", "item_vectors.npy", "items.ann", "item_fields.npz", "items.json")
-TOPN = "topn.onnx"  # absent from bundles written before it: those search with NumPy and Annoy
+FILES = ("tower.onnx", VECTORS_FILE, "items.ann", "item_fields.npz", "items.json")
+# absent from older bundles: without topn.onnx they search with NumPy and Annoy; without
+# item_table.npy the tower holds its table inline
+TOPN = "topn.onnx"
+OPTIONAL = (TOPN, TABLE_FILE)
 
 
 class BundleError(ValueError):
@@ -51,7 +68,7 @@ class BundleError(ValueError):
 
 def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int = 50,
                   seed: int = 0, overwrite: bool = False, items: str = "table",
-                  metric: str = "angular", external_above: int = EXTERNAL_ABOVE) -> Path:
+                  metric: str = "angular") -> Path:
     """Write the bundle of a trained model (params, cfg) over the dataset's items to `out`.
     overwrite=True replaces an existing bundle, and only a bundle (check_replaceable)."""
     out = Path(out)
@@ -63,8 +80,7 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_files(tmp, params, cfg, ds, {"n_trees": n_trees, "seed": seed, "metric": metric}, items,
-                     external_above)
+        _write_files(tmp, params, cfg, ds, {"n_trees": n_trees, "seed": seed, "metric": metric}, items)
         move_into_place(tmp, out)  # an old bundle is set aside, and deleted only once the new one is in
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -88,25 +104,28 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
     except BundleError as err:
         raise FileExistsError(f"{out}: not a mindref bundle ({err}); --force replaces only a bundle "
                               "written by `mindref export`. Choose another --out") from None
-    extra = sorted(found - {*FILES, TOPN, "manifest.json"})
+    extra = sorted(found - {*FILES, *OPTIONAL, "manifest.json"})
     if extra:
         raise FileExistsError(f"{out}: holds files that are not part of a bundle ({', '.join(extra[:5])}); "
                               "--force would delete them. Move them away or choose another --out")
 
 
-def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy: dict, items: str,
-                 external_above: int) -> None:
-    tower = build_tower(params, cfg, ds.item_fields, items)
-    atomic_write(folder / "tower.onnx", tower.SerializeToString())
+def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy: dict, items: str) -> None:
     E, _ = item_forward({k: np.asarray(v, np.float32) for k, v in params.items()}, ds.item_fields,
                         np.arange(cfg.num_items))  # [V, d]
-    npy = _npy(E)
-    atomic_write(folder / "item_vectors.npy", npy)
-    topn = build_topn(E, cfg.K, external_above, npy_data_offset(npy))
+    npy = npy_bytes(E)
+    atomic_write(folder / VECTORS_FILE, npy)
+    topn = build_topn(E, cfg.K, external_above=0, npy_offset=npy_data_offset(npy))
     atomic_write(folder / TOPN, topn.SerializeToString())
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in topn.graph.initializer)
-    if external:
-        onnx.checker.check_model(str(folder / TOPN))  # beside the item_vectors.npy it points into
+    tower = build_tower(params, cfg, ds.item_fields, items)
+    table = next((t for t in tower.graph.initializer if t.name == TABLE), None)
+    if table is not None:  # items='table': S e_i [V, d] into its own .npy, shared like E
+        npy = npy_bytes(numpy_helper.to_array(table))
+        atomic_write(folder / TABLE_FILE, npy)
+        point_into(table, TABLE_FILE, npy_data_offset(npy))
+    atomic_write(folder / "tower.onnx", tower.SerializeToString())
+    for graph in ("tower.onnx", TOPN):
+        onnx.checker.check_model(str(folder / graph))  # by path: beside the .npy files they point into
     index = ItemIndex.build(E, **annoy)
     index.save(folder / "items.ann")
     buf = io.BytesIO()
@@ -117,14 +136,15 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy
                "field_labels": [list(v) for v in ds.field_labels], "profile_names": list(ds.profile_names),
                "profile_labels": [list(v) for v in ds.profile_labels]}
     atomic_write(folder / "items.json", json.dumps(catalog).encode())
-    session = TopNSession(str(folder / TOPN) if external else topn.SerializeToString(), cfg.num_items, cfg.K)
+    session = TopNSession(topn.SerializeToString(), cfg.num_items, cfg.K, shared={"item_vectors": E},
+                          folder=str(folder))
     search = measure_search(Retriever(E, index, topn=session), cfg.K)
+    written = [name for name in (*FILES, *OPTIONAL) if (folder / name).exists()]
     manifest = {"format": "mindref-bundle", "schema_version": SCHEMA_VERSION, "mindref_version": __version__,
                 "config": cfg.to_dict(),
-                "onnx": {"ir_version": IR_VERSION, "opset": OPSET, "items": items},
-                "topn": {"external_data": external}, "search": search,
+                "onnx": {"ir_version": IR_VERSION, "opset": OPSET, "items": items}, "search": search,
                 "annoy": {**annoy, "dim": cfg.dim},
-                "files": {name: _stamp(folder / name) for name in (*FILES, TOPN)}}
+                "files": {name: _stamp(folder / name) for name in written}}
     atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
 
 
@@ -150,12 +170,6 @@ def measure_search(retriever: Retriever, K: int, users: int = 64, n: int = 50, s
     annoy_wins = rates["annoy"] > 2 * rates[best_exact] and recall >= min_recall
     return {"auto": "annoy" if annoy_wins else best_exact, "users_per_s": rates,
             "annoy_recall": round(recall, 4), "users": users, "n": n}
-
-
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
 
 
 def _stamp(path: Path) -> dict:
@@ -217,29 +231,69 @@ def load_bundle(path: str | Path, provider: str = "auto", threads: int | None = 
     """Verify and load a bundle; BundleError names the first file that is missing or differs."""
     path = Path(path)
     manifest = _manifest(path / "manifest.json")
-    # each file is read once and the verified bytes are the ones used; Annoy loads items.ann by path
-    blobs = {name: _read_verified(path / name, manifest["files"].get(name)) for name in FILES}
-    del blobs["items.ann"]
     cfg = config_from_json(manifest["config"], path / "manifest.json", BundleError)
-    E = np.load(io.BytesIO(blobs["item_vectors.npy"]), allow_pickle=False)
-    if E.shape != (cfg.num_items, cfg.dim) or E.dtype != np.float32:
-        raise BundleError(f"{path / 'item_vectors.npy'}: {list(E.shape)} {E.dtype}, expected "
-                          f"[{cfg.num_items}, {cfg.dim}] float32")
-    with np.load(io.BytesIO(blobs["item_fields.npz"]), allow_pickle=False) as z:
+    listed = manifest["files"]
+    # each file is checked once and the checked bytes are the ones used: small files read, the
+    # .npy arrays mapped (shared by every process on the machine); Annoy maps items.ann by path
+    small = {name: _read_verified(path / name, listed.get(name))
+             for name in ("tower.onnx", "item_fields.npz", "items.json", *([TOPN] if TOPN in listed else []))}
+    arrays = {name: _array(path / name, listed.get(name), cfg)
+              for name in (VECTORS_FILE, *([TABLE_FILE] if TABLE_FILE in listed else []))}
+    E = arrays[VECTORS_FILE][0]
+    with np.load(io.BytesIO(small["item_fields.npz"]), allow_pickle=False) as z:
         fields = tuple(z[f"field_{f}"] for f in range(len(cfg.field_sizes)))
-    items = json.loads(blobs["items.json"].decode("utf-8"))
-    tower = TowerSession(blobs["tower.onnx"], cfg, fields, provider, threads)
-    index = ItemIndex.load(path / "items.ann", cfg.dim, manifest.get("annoy", {}).get("metric", "dot"))
-    if len(index) != cfg.num_items - 1:
-        raise BundleError(f"{path / 'items.ann'}: {len(index)} items, expected {cfg.num_items - 1}")
+    items = json.loads(small["items.json"].decode("utf-8"))
+    tower = TowerSession(small["tower.onnx"], cfg, fields, provider, threads,
+                         **_external(path / "tower.onnx", small["tower.onnx"], arrays))
+    index = _annoy(path / "items.ann", listed.get("items.ann"), cfg, manifest)
     topn = None
-    if TOPN in manifest["files"]:
-        graph = _read_verified(path / TOPN, manifest["files"][TOPN])
-        external = manifest.get("topn", {}).get("external_data", False)  # then onnxruntime reads by path
-        topn = TopNSession(str(path / TOPN) if external else graph, cfg.num_items, cfg.K, provider, threads)
+    if TOPN in small:
+        topn = TopNSession(small[TOPN], cfg.num_items, cfg.K, provider, threads,
+                           **_external(path / TOPN, small[TOPN], arrays))
     auto = manifest.get("search", {}).get("auto")  # the search measured fastest at export
     retriever = Retriever(E, index, oversample, search_k, topn=topn, auto=auto)
     return Bundle(path, cfg, tower, E, retriever, items, manifest)
+
+
+def _array(path: Path, expected: dict | None, cfg: MINDConfig) -> tuple[np.ndarray, int]:
+    """A verified .npy of [V, d] float32, mapped read-only, and its data offset."""
+    data, _ = _map_verified(path, expected)
+    try:
+        array, offset = npy_view(data)
+    except ValueError as err:
+        raise BundleError(f"{path}: not a readable .npy array ({err})") from None
+    if array.shape != (cfg.num_items, cfg.dim) or array.dtype != np.dtype("<f4"):
+        raise BundleError(f"{path}: {list(array.shape)} {array.dtype}, expected [{cfg.num_items}, {cfg.dim}] "
+                          "float32")
+    return array, offset
+
+
+def _external(graph_path: Path, graph: bytes, arrays: dict) -> dict:
+    """make_session's `shared` and `folder` for a graph whose initializers point into the bundle's
+    mapped .npy files (none for a graph that holds its data inline)."""
+    refs = external_refs(onnx.load_model_from_string(graph))
+    shared = {}
+    for name, ref in refs.items():
+        array, offset = arrays.get(ref["location"], (None, None))
+        if array is None or (ref["offset"], ref["length"], ref["dims"], ref["float32"]) != (
+                offset, array.nbytes, list(array.shape), True):
+            raise BundleError(f"{graph_path}: initializer {name} points to {ref['location']!r} at offset "
+                              f"{ref['offset']}, which is not a float32 array of this bundle")
+        shared[name] = array
+    return {"shared": shared, "folder": str(graph_path.parent)} if shared else {}
+
+
+def _annoy(path: Path, expected: dict | None, cfg: MINDConfig, manifest: dict) -> ItemIndex:
+    """The Annoy index, checked; Annoy maps the file by its path, so the path must still name the
+    file that was checked once Annoy has it."""
+    _, checked = _map_verified(path, expected)
+    index = ItemIndex.load(path, cfg.dim, manifest.get("annoy", {}).get("metric", "dot"))
+    now = path.stat()
+    if (now.st_dev, now.st_ino, now.st_mtime_ns) != (checked.st_dev, checked.st_ino, checked.st_mtime_ns):
+        raise BundleError(f"{path}: replaced while the bundle was loading; load it again")
+    if len(index) != cfg.num_items - 1:
+        raise BundleError(f"{path}: {len(index)} items, expected {cfg.num_items - 1}")
+    return index
 
 
 def _manifest(path: Path) -> dict:
@@ -255,16 +309,18 @@ def _manifest(path: Path) -> dict:
     return manifest
 
 
-def _read_verified(path: Path, expected: dict | None) -> bytes:
-    """The file's bytes, after checking their size and SHA-256 against the manifest's entry."""
+def _map_verified(path: Path, expected: dict | None):
+    """The file mapped read-only after its size and SHA-256 match the manifest's entry, and its stat."""
     if expected is None:
         raise BundleError(f"{path.parent / 'manifest.json'}: does not list {path.name}")
     if not path.is_file():
         raise BundleError(f"{path}: missing")
-    data = path.read_bytes()
-    if len(data) != expected.get("bytes"):
-        raise BundleError(f"{path}: {len(data)} bytes, the manifest says {expected.get('bytes')} "
-                          "(truncated or replaced)")
-    if hashlib.sha256(data).hexdigest() != expected.get("sha256"):
-        raise BundleError(f"{path}: checksum differs from the manifest (the file was changed)")
-    return data
+    try:
+        return map_verified(path, expected.get("bytes"), expected.get("sha256"))
+    except ValueError as err:
+        raise BundleError(f"{path}: {err}") from None
+
+
+def _read_verified(path: Path, expected: dict | None) -> bytes:
+    """The file's bytes, after checking their size and SHA-256 against the manifest's entry."""
+    return bytes(_map_verified(path, expected)[0])

@@ -31,19 +31,36 @@ class TowerOutput(NamedTuple):
     weights: np.ndarray  # [B, K, L] routing weights of the last iteration
 
 
-def make_session(model: bytes, provider: str = "auto", threads: int | None = None) -> ort.InferenceSession:
+def make_session(model: bytes | str, provider: str = "auto", threads: int | None = None,
+                 shared: dict[str, np.ndarray] | None = None, folder: str | None = None,
+                 prepack: bool = True) -> ort.InferenceSession:
     """An InferenceSession on CUDA if provider is 'auto' and CUDA really loads (or 'cuda', which
-    raises when it does not), else on the CPU. threads: intra-op threads (None: onnxruntime's)."""
+    raises when it does not), else on the CPU. threads: intra-op threads (None: onnxruntime's).
+
+    shared: arrays for the graph's external initializers, used in place (not copied: they may be
+    memory-mapped, mindref.export.arrays); folder: where a graph given as bytes has its external
+    data. prepack=False keeps onnxruntime from copying a constant MatMul operand into its own
+    packed layout (a second copy of the catalogue; measured ~2% slower top-n, docs/scaling.md)."""
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    if folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+    # onnxruntime uses each OrtValue's memory in place but keeps no reference to it: the session
+    # object holds them (each OrtValue holds its array, which holds its mapping) for its lifetime
+    values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a, np.float32))
+              for name, a in (shared or {}).items()}
+    for name, value in values.items():
+        options.add_initializer(name, value)
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if provider == "cpu" or _CUDA not in ort.get_available_providers():
         if provider == "cuda":
             raise RuntimeError("provider 'cuda': this onnxruntime has no CUDA provider "
                                "(install onnxruntime-gpu)")
-        return ort.InferenceSession(model, options, providers=[_CPU])
+        return _holding(ort.InferenceSession(model, options, providers=[_CPU]), values)
     ort.set_default_logger_severity(4)  # the failed CUDA load is expected on CPU-only machines
     try:
         session = ort.InferenceSession(model, options, providers=[_CUDA, _CPU])
@@ -52,18 +69,24 @@ def make_session(model: bytes, provider: str = "auto", threads: int | None = Non
     if provider == "cuda" and _CUDA not in session.get_providers():
         raise RuntimeError("provider 'cuda': the CUDA provider did not load (CUDA 12 and cuDNN 9 libraries "
                            "are needed); use provider 'auto' or 'cpu'")
+    return _holding(session, values)
+
+
+def _holding(session: ort.InferenceSession, values: dict) -> ort.InferenceSession:
+    session.mindref_initializers = values
     return session
 
 
 class TowerSession:
     """The ONNX user tower behind the same contract as mindref.model.user_vectors."""
 
-    def __init__(self, model: bytes, cfg: MINDConfig, item_fields: tuple, provider: str = "auto",
-                 threads: int | None = None, chunk: int = SERVING_CHUNK):
+    def __init__(self, model: bytes | str, cfg: MINDConfig, item_fields: tuple, provider: str = "auto",
+                 threads: int | None = None, chunk: int = SERVING_CHUNK, **external):
+        """external: make_session's `shared` and `folder` (a graph with external data)."""
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1 user, got {chunk}")
         self.cfg, self.chunk = cfg, chunk  # users per session.run (docs/results.md)
-        self.session = make_session(model, provider, threads)
+        self.session = make_session(model, provider, threads, **external)
         inputs = {i.name for i in self.session.get_inputs()}
         self.item_fields = tuple(item_fields)  # for callers (e.g. describing items)
         # the side fields the graph takes as inputs: only items='features' graphs pool from them

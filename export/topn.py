@@ -20,13 +20,12 @@ onnxruntime, on [B, K, d] it is free. Every row of interest_mask must hold inter
 checks). A row whose entries
 are all -inf (n larger than what is left) is trimmed by the caller (TopNSession).
 
-Above `external_above` bytes of vectors (default 1 GiB; protobuf refuses messages over 2 GiB) the
-initializer is ONNX external data pointing into the bundle's item_vectors.npy at its data offset,
-so the vectors are stored once and the graph file stays small.
+In a bundle the initializer is always ONNX external data pointing into the bundle's
+item_vectors.npy at its data offset: the vectors are stored once, the graph file stays small, and
+loading maps them once for NumPy and onnxruntime together (export/arrays.py). A graph built alone
+keeps them inline up to `external_above` bytes (default 1 GiB; protobuf refuses messages over 2 GiB).
 """
 from __future__ import annotations
-
-import io
 
 import numpy as np
 import onnx
@@ -35,11 +34,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mindref import __version__
 
+from .arrays import VECTORS_FILE, point_into
 from .runtime import make_session
 from .tower import IR_VERSION, OPSET
 
 EXTERNAL_ABOVE = 2**30  # bytes of item vectors above which they are external data
-VECTORS_FILE = "item_vectors.npy"
 
 
 def build_topn(E: np.ndarray, K: int, external_above: int = EXTERNAL_ABOVE,
@@ -48,15 +47,13 @@ def build_topn(E: np.ndarray, K: int, external_above: int = EXTERNAL_ABOVE,
     (E larger than external_above bytes) needs npy_offset: where E's bytes start in item_vectors.npy."""
     V, d = E.shape
     i64, f32 = TensorProto.INT64, TensorProto.FLOAT
-    items = numpy_helper.from_array(np.ascontiguousarray(E, np.float32), "item_vectors")
     if E.nbytes > external_above:
         if npy_offset is None:
             raise ValueError("external item vectors need the offset of their data in item_vectors.npy")
-        items.ClearField("raw_data")
-        items.data_location = TensorProto.EXTERNAL
-        where = {"location": VECTORS_FILE, "offset": str(npy_offset), "length": str(E.nbytes)}
-        for key, value in where.items():
-            items.external_data.add(key=key, value=value)
+        items = TensorProto(name="item_vectors", data_type=f32, dims=[V, d])
+        point_into(items, VECTORS_FILE, npy_offset)
+    else:
+        items = numpy_helper.from_array(np.ascontiguousarray(E, np.float32), "item_vectors")
     consts = [numpy_helper.from_array(np.array([-1, d], np.int64), "flat_shape"),
               numpy_helper.from_array(np.array([-1, K, V], np.int64), "scores_shape"),
               numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf"),
@@ -104,22 +101,15 @@ def build_topn(E: np.ndarray, K: int, external_above: int = EXTERNAL_ABOVE,
     return model
 
 
-def npy_data_offset(npy: bytes) -> int:
-    """Where the array's bytes start in a .npy file (after its header)."""
-    buf = io.BytesIO(npy)
-    version = np.lib.format.read_magic(buf)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    read(buf)
-    return buf.tell()
-
-
 class TopNSession:
     """The top-n graph on onnxruntime; users in chunks so that the [chunk, K, V] scores stay
     within `budget` bytes."""
 
     def __init__(self, model: bytes | str, V: int, K: int, provider: str = "auto", threads: int | None = None,
-                 budget: int = 2**28):
-        self.session: ort.InferenceSession = make_session(model, provider, threads)
+                 budget: int = 2**28, **external):
+        """external: make_session's `shared` and `folder` (a graph with external data). The item
+        vectors are used unpacked, so that a memory-mapped catalogue is not copied."""
+        self.session: ort.InferenceSession = make_session(model, provider, threads, prepack=False, **external)
         self.V, self.chunk = V, max(1, budget // (4 * K * V))
 
     def run(self, V_u: np.ndarray, mask: np.ndarray, history: np.ndarray, n: int

@@ -44,6 +44,7 @@ OPSET = 21
 INPUT_ITEMS, INPUT_PROFILE = "item_ids", "profile_ids"
 OUTPUTS = ("interests", "interest_mask", "routing_weights")
 ITEM_MODES = ("table", "features")
+TABLE = "item_S_e"  # the initializer of S e_i [V, d] (items='table')
 LOGIT_RANGE = 60.0  # |b| < 60: e^b and sums of max_len of them stay normal, finite float32 (e^88.7 overflows)
 NORM_RANGE = 1e18  # ||z|| < 1e18: ||z||^2 stays finite in float32 (max 3.4e38)
 
@@ -91,7 +92,7 @@ def build_tower(params: dict, cfg: MINDConfig, item_fields: tuple, items: str = 
     c = _Constants(g)
     table = catalog(f32, item_fields, cfg.num_items)[1] if items == "table" else None  # [V, d]  S e_i
     if table is not None:
-        e_hat = g.op("Gather", g.const("item_S_e", table), INPUT_ITEMS)  # [B, L, d]
+        e_hat = g.op("Gather", g.const(TABLE, table), INPUT_ITEMS)  # [B, L, d]
     else:
         e_hat = _behaviours(g, c, f32, cfg)  # [B, L, d]
     max_logit, max_norm = routing_bounds(f32, cfg, table)

@@ -129,7 +129,8 @@ def test_bundle_tower_equals_the_numpy_model(trained):
     assert np.abs(out.interests - V_np).max() <= 1e-5
 
 
-BUNDLE_FILES = ["tower.onnx", "item_vectors.npy", "items.ann", "item_fields.npz", "items.json"]
+BUNDLE_FILES = ["tower.onnx", "topn.onnx", "item_vectors.npy", "item_table.npy", "items.ann", "item_fields.npz",
+                "items.json"]
 
 
 @pytest.mark.parametrize("name", BUNDLE_FILES)
@@ -143,6 +144,57 @@ def test_each_bundle_file_is_verified(trained, tmp_path, name):
         damage(bundle / name)
         with pytest.raises(BundleError, match=f"{name}: .*{message}"):
             load_bundle(bundle, "cpu")
+
+
+def _write_in_place(path, row, values):
+    """Overwrite one row of a [V, d] float32 .npy in place (mindref itself never writes in place)."""
+    from mindref.export.arrays import npy_data_offset
+    offset = npy_data_offset(path.read_bytes()[:4096])
+    with open(path, "r+b") as f:
+        f.seek(offset + row * values.size * 4)
+        f.write(np.asarray(values, "<f4").tobytes())
+
+
+def test_bundle_arrays_are_mapped_once_and_used_in_place(trained, tmp_path):
+    """The graphs hold no vectors: tower.onnx and topn.onnx point into item_table.npy and
+    item_vectors.npy, which the load maps read-only; NumPy and onnxruntime use those very pages (no
+    copy per process). Shown by writing into the files in place after loading, the one change a
+    mapping cannot guard against: NumPy's search, the top-n graph and the tower all see it."""
+    import shutil
+    ds, test, cfg, _, root = trained
+    path = tmp_path / "b"
+    shutil.copytree(root / "bundle", path)
+    assert max((path / g).stat().st_size for g in ("tower.onnx", "topn.onnx")) < cfg.num_items * cfg.dim * 4 / 4
+    bundle = load_bundle(path, "cpu")
+    assert not bundle.E.flags.writeable
+    hist = test.hist[:1]
+    out = bundle.tower.run(hist)
+    first = bundle.retriever.retrieve(out.interests, out.mask, hist, 5, "onnx")[0]
+    outsider = max(set(range(1, cfg.num_items)) - set(hist[0].tolist()) - set(first.items.tolist()))
+    _write_in_place(path / "item_vectors.npy", outsider, 1e3 * out.interests[0, 0])
+    for search in ("onnx", "exact"):
+        assert bundle.retriever.retrieve(out.interests, out.mask, hist, 5, search)[0].items[0] == outsider
+    _write_in_place(path / "item_table.npy", int(hist[0][hist[0] != 0][0]), np.ones(cfg.dim))
+    assert not np.allclose(bundle.tower.run(hist).interests, out.interests)
+
+
+def test_a_bundle_replaced_after_loading_leaves_the_loaded_one_as_it_was(trained, tmp_path):
+    """Replacing the files (as `export --force` does: new files renamed over the old ones) does not
+    reach a loaded bundle: its mappings stay on the files it verified."""
+    import shutil
+    ds, test, cfg, params, root = trained
+    path = tmp_path / "b"
+    shutil.copytree(root / "bundle", path)
+    bundle = load_bundle(path, "cpu")
+    hist = test.hist[:3]
+    out = bundle.tower.run(hist)
+    before = bundle.retriever.retrieve(out.interests, out.mask, hist, 5, "onnx")
+    other = {k: (v + 0.5 if k == "item_emb" else v) for k, v in params.items()}
+    export_bundle(path, other, cfg, ds, n_trees=2, overwrite=True)
+    assert not np.array_equal(load_bundle(path, "cpu").E, bundle.E)
+    np.testing.assert_array_equal(bundle.tower.run(hist).interests, out.interests)
+    after = bundle.retriever.retrieve(out.interests, out.mask, hist, 5, "onnx")
+    assert [a.items.tolist() for a in after] == [b.items.tolist() for b in before]
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -13,7 +13,7 @@ import onnx  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 from mindref.export import Retriever, TopNSession, build_topn, eq3  # noqa: E402
-from mindref.export.topn import npy_data_offset  # noqa: E402
+from mindref.export.arrays import npy_data_offset  # noqa: E402
 
 
 @st.composite
