@@ -397,6 +397,34 @@ def cmd_batch(args) -> int:
     return 0
 
 
+def cmd_conform(args) -> int:
+    spec = args.adapter
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"adapter {spec!r}: expected module:Class (e.g. myport.checks:Adapter)")
+    sys.path.insert(0, os.getcwd())  # an adapter beside the caller imports like a script's module
+    try:
+        adapter = getattr(importlib.import_module(module_name), class_name)()
+        from . import conformance
+        rows = conformance.run_adapter(adapter, args.only, args.max_examples)
+    except ImportError as err:
+        raise OSError(f"{err} (the kit needs Hypothesis: pip install 'mindref[test]')"
+                      if err.name == "hypothesis" else f"adapter {spec!r}: {err}") from None
+    except AttributeError:
+        raise ValueError(f"adapter {spec!r}: {module_name} has no {class_name}") from None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["layer"]) for r in rows)
+        for r in rows:
+            print(f"{r['layer']:<{width}}  {r['result']:<7}  {r['detail']}")
+    failed = [r for r in rows if r["result"] == "FAIL"]
+    if failed and not args.json:
+        for r in failed:
+            print(f"\n{r['report']['message']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_explain(args) -> int:
     export = _serving()
     bundle = _bundle(args)
@@ -516,11 +544,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=50)
     p.add_argument("--search", choices=SEARCHES, default="auto", help=SEARCH_HELP)
     p.set_defaults(func=cmd_batch)
+    p = sub.add_parser("conform", help="check a MIND port against mindref, layer by layer, and name its "
+                                        "mistakes (docs/conformance.md)")
+    p.add_argument("adapter", help="module:Class with the port's layers as methods (routing, squash, ...)")
+    p.add_argument("--only", nargs="+", metavar="LAYER", help="only these layers", choices=CONFORM_LAYERS)
+    p.add_argument("--max-examples", type=int, help="generated examples per layer (default: each check's)")
+    p.add_argument("--json", action="store_true", help="the rows and failure reports as JSON")
+    p.set_defaults(func=cmd_conform)
     return ap
 
 
+CONFORM_LAYERS = ("pooling", "squash", "interest_count", "routing", "attention", "sampled_softmax", "tower")
 POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "negatives", "users", "n", "trees",
-            "oversample", "workers", "threads")
+            "oversample", "workers", "threads", "max_examples")
 
 
 def _given(argv: list[str] | None) -> set[str]:

@@ -1,0 +1,222 @@
+"""The conformance kit names the mistake: each public bug of docs/decisions.md, written into an
+otherwise correct port, is reported by name; several at once are named together; a difference
+outside the catalogue is said to be one; every failure is one ConformanceError."""
+import json
+
+import numpy as np
+import pytest
+from test_conformance import attention_port, routing_port, sampled_softmax_port, squash_port
+
+from mindref import conformance as C
+from mindref import routing as R
+
+
+def rechub_like_routing(e, S, b0, bmask, cmask, iterations, axis="behaviours", padding_mass=True, updates=2,
+                        eps=1e-9, naive=False, update_from_z=False):
+    """Routing with torch-rechub 0.9.0's choices (torch_rechub/basic/layers.py, CapsuleNetwork.forward:
+    `F.softmax(capsule_weight, dim=-1)` then padding zeroed, the update under `if i < 2`, an epsilon
+    1e-9 in the squash), each a switch; b0 is taken as given (torch-rechub draws it inside forward)."""
+    e_hat = e @ S.T  # [B, L, d]
+    b = b0.astype(np.float64)
+    valid = cmask[:, :, None] & bmask[:, None, :]
+    ax = 2 if axis == "behaviours" else 1
+    for i in range(int(iterations)):
+        x = b if padding_mass else np.where(valid, b, -np.inf)
+        if naive:
+            w = np.exp(x.astype(np.float32)).astype(np.float64)
+        else:
+            m = x.max(ax, keepdims=True)
+            w = np.exp(x - np.where(np.isfinite(m), m, 0))  # a column of masked capsules: all 0
+        total = w.sum(ax, keepdims=True)
+        w = np.where(valid, w / np.where(total == 0, 1, total), 0)
+        z = w @ e_hat
+        s = np.sum(z * z, -1, keepdims=True)
+        u = s / (1 + s) / np.sqrt(s + eps) * z if eps else z * np.sqrt(s) / (1 + s)
+        if i < min(updates, int(iterations) - 1):
+            b = b + (z if update_from_z else u) @ e_hat.transpose(0, 2, 1)
+    return u
+
+
+def diagnosis_of(check, *args, **kwargs) -> C.ConformanceError:
+    with pytest.raises(C.ConformanceError) as err:
+        check(*args, **kwargs)
+    return err.value
+
+
+def test_torch_rechub_routing_is_named_softmax_axis_padding_and_the_i_lt_2_update():
+    err = diagnosis_of(C.check_routing, rechub_like_routing, max_examples=60)
+    said = str(err.diagnosis)
+    assert err.kind == "differs" and err.layer == "routing"
+    for words in ("softmax over behaviours", "take softmax mass", "first two iterations"):
+        assert words in said, said
+    assert "squash" not in said  # its epsilon 1e-9 is within tolerance: not named
+
+
+@pytest.mark.parametrize("switches, named", [
+    ({"padding_mass": False, "updates": 99}, "softmax over behaviours"),
+    ({"axis": "interests", "updates": 99}, "take softmax mass"),
+    ({"axis": "interests", "padding_mass": False}, "first two iterations"),
+    ({"axis": "interests", "padding_mass": False, "updates": 99, "update_from_z": True},
+     "from z, before the squash"),
+])
+def test_each_routing_mistake_alone_is_named_alone(switches, named):
+    err = diagnosis_of(C.check_routing, lambda *a: rechub_like_routing(*a, **{"eps": 0.0, **switches}),
+                       max_examples=60)
+    assert named in str(err.diagnosis) and " and " not in str(err.diagnosis).split("matches mindref with ")[1]
+
+
+def test_the_i_lt_2_bug_is_found_because_iterations_reach_six():
+    """With r <= 3 it is invisible; the kit's r reaches 6, and the minimal example has r = 4."""
+    port = lambda *a: rechub_like_routing(*a, axis="interests", padding_mass=False, eps=0.0)  # noqa: E731
+    err = diagnosis_of(C.check_routing, port, max_examples=60)
+    assert int(err.inputs["iterations"]) == 4
+
+
+def test_a_softmax_without_max_subtraction_is_named():
+    """float32 exp overflows past 88: large drawn logits, or the updates, get there."""
+    port = lambda *a: rechub_like_routing(*a, axis="interests", padding_mass=False, updates=99, eps=0.0,  # noqa: E731
+                                          naive=True)
+    err = diagnosis_of(C.check_routing, port, max_examples=60)
+    assert "without max-subtraction" in str(err.diagnosis)
+
+
+def test_a_declared_convention_is_the_base_of_the_diagnosis():
+    """Declaring softmax_axis='behaviours' makes that the base: only the padding mass is named."""
+    err = diagnosis_of(C.check_routing, lambda *a: rechub_like_routing(*a, updates=99, eps=0.0),
+                       softmax_axis="behaviours", max_examples=60)
+    assert "take softmax mass" in str(err.diagnosis) and "behaviours instead" not in str(err.diagnosis)
+    C.check_routing(lambda *a: routing_port(*a, axis="behaviours"), softmax_axis="behaviours",
+                    max_examples=20)
+
+
+def test_a_difference_outside_the_catalogue_is_said_to_be_new():
+    err = diagnosis_of(C.check_routing, lambda *a: 1.01 * routing_port(*a), max_examples=20)
+    assert "none of the routing variants" in str(err.diagnosis)
+
+
+def test_a_full_gradient_checked_in_stop_mode_is_told_to_declare_it():
+    def vjp(e, S, b0, bmask, cmask, iterations, du):
+        _, cache = R.routing_forward(e, S, b0, bmask, cmask, int(iterations), grad_mode="full")
+        return R.routing_backward(du, cache)[:2]
+    err = diagnosis_of(C.check_routing, routing_port, vjp, grad_mode="stop", max_examples=30)
+    assert "declare grad_mode='full'" in str(err.diagnosis)
+
+
+def test_squash_attention_count_and_loss_mistakes_are_named():
+    cases = [
+        (C.check_squash, (lambda z: z / (1 + np.sum(z**2, -1, keepdims=True)),), {}, "misprinted squash"),
+        (C.check_attention, (lambda V, e, m: _attend(V, e, m, lambda s: np.sign(s) * np.abs(s) ** 2),),
+         {"p": 2}, "sign"),
+        (C.check_attention, (lambda V, e, m: _attend(V, e, m, lambda s: s),), {"p": 2}, "no pow"),
+        (C.check_interest_count, (lambda n, K: np.clip(np.floor(np.log2(1 + n)), 1, K).astype(int),), {},
+         "DeepMatch"),
+        (C.check_interest_count, (lambda n, K: np.clip(np.floor(np.log(n)), 1, K).astype(int),), {},
+         "EasyRec"),
+        (C.check_sampled_softmax, (lambda *a: sampled_softmax_port(*a, keep_hits=True),), {}, "hits kept"),
+        (C.check_sampled_softmax, (lambda v, ep, en, pi, ni, qp, qn: sampled_softmax_port(v, ep, en, pi, ni,
+                                                                                            0 * qp, 0 * qn),),
+         {}, "no logQ"),
+    ]
+    for check, args, kwargs, named in cases:
+        err = diagnosis_of(check, *args, **kwargs)
+        assert named in str(err.diagnosis), (check.__name__, named, str(err))
+
+
+def _attend(V, e, cmask, f):
+    s = np.einsum("bkd,bd->bk", V, e)
+    logits = np.where(cmask, f(s), -np.inf)
+    a = np.exp(logits - logits.max(1, keepdims=True))
+    return np.einsum("bk,bkd->bd", a / a.sum(1, keepdims=True), V)
+
+
+def test_state_between_calls_is_named_as_such():
+    """DeepMatch's leak: the logits a call ends with are where the next call of that shape starts."""
+    state = {}
+
+    def routing(e, S, b0, bmask, cmask, iterations):
+        b = state.get(b0.shape, b0)
+        u = routing_port(e, S, b, bmask, cmask, iterations)
+        state[b0.shape] = b + np.einsum("bkd,bld->bkl", u, e @ S.T)
+        return u
+    err = diagnosis_of(C.check_routing, routing, max_examples=30)
+    assert err.kind == "inconsistent" and "random draw per call" in str(err.diagnosis)
+
+
+def test_mindref_refusing_a_convention_is_one_conformance_error():
+    """A non-integer p has no real pow of a negative score: mindref refuses it, and the kit reports
+    the convention, not a raw ValueError."""
+    err = diagnosis_of(C.check_attention, lambda V, e, m: attention_port(V, e, m, p=1.5), p=1.5)
+    assert err.kind == "convention" and "declare a convention" in str(err)
+
+
+def test_two_different_failures_are_one_conformance_error():
+    """Crashing on long sequences and differing on short ones: one error, never an ExceptionGroup."""
+    def routing(e, S, b0, bmask, cmask, iterations):
+        if bmask.shape[1] > 20:
+            raise IndexError("too long")
+        return 1.01 * routing_port(e, S, b0, bmask, cmask, iterations)
+    err = diagnosis_of(C.check_routing, routing, max_examples=60)
+    assert isinstance(err, C.ConformanceError) and err.kind in ("differs", "raised")
+
+
+def test_the_report_is_structured_and_json_able():
+    err = diagnosis_of(C.check_squash, lambda z: z / (1 + np.sum(z**2, -1, keepdims=True)))
+    report = json.loads(json.dumps(err.report()))
+    assert report["layer"] == "squash" and report["quantity"] == "squash output c"
+    assert report["got"] != report["expected"] and "misprinted" in report["diagnosis"]
+    assert np.asarray(report["inputs"]["z"]).ndim == 2
+
+
+def test_correct_ports_pass_the_wider_ranges():
+    assert C.check_squash(squash_port, max_examples=50) == 50
+    assert C.check_attention(attention_port, p=2, max_examples=50) == 50
+
+
+ADAPTER = '''
+import numpy as np
+from test_conformance import interest_count_port, routing_port, squash_port
+from test_diagnosis import rechub_like_routing
+
+
+class Correct:
+    conventions = {"routing": {"softmax_axis": "behaviours"}}
+    squash = staticmethod(squash_port)
+    interest_count = staticmethod(interest_count_port)
+
+    def routing(self, *a):
+        return routing_port(*a, axis="behaviours")
+
+
+class RechubLike(Correct):
+    conventions = {}
+
+    def routing(self, *a):
+        return rechub_like_routing(*a)
+
+    def interest_count(self, n, K):
+        return np.clip(np.floor(np.log2(1 + n)), 1, K).astype(int)
+'''
+
+
+def test_mindref_conform_runs_an_adapter_and_names_each_layers_mistake(tmp_path, monkeypatch, capsys):
+    """`mindref conform module:Class`: one row per layer (absent layers skipped and listed), exit 1
+    with the diagnoses when a layer fails, 0 when all pass; --json for scripts."""
+    from pathlib import Path
+
+    from mindref.cli import main
+    (tmp_path / "my_port_checks.py").write_text(ADAPTER)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    assert main(["conform", "my_port_checks:RechubLike", "--max-examples", "40"]) == 1
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    assert rows["squash"].split()[1] == "pass" and rows["pooling"].split()[1] == "skipped"
+    assert "FAIL" in rows["routing"] and "softmax over behaviours" in rows["routing"]
+    assert "FAIL" in rows["interest_count"] and "DeepMatch" in rows["interest_count"]
+    assert main(["conform", "my_port_checks:Correct", "--max-examples", "20", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {r["layer"]: r["result"] for r in report} == {
+        "pooling": "skipped", "squash": "pass", "interest_count": "pass", "routing": "pass",
+        "attention": "skipped", "sampled_softmax": "skipped", "tower": "skipped"}
+    assert main(["conform", "my_port_checks:Nope"]) == 2
+    assert "has no Nope" in capsys.readouterr().err
