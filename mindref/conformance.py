@@ -167,18 +167,54 @@ def _mindref(what: str, fn: Callable, case: dict, *args, **kwargs):
                         inputs=case) from None
 
 
-def _compare(what: str, got, want, case: dict, rtol: float, atol: float, hint: str | None = None) -> None:
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24}
+SMALLEST = {"float64": float(np.finfo(np.float64).tiny), "float32": float(np.finfo(np.float32).tiny)}
+SAFETY = 16  # the constant in front of every error bound below (docs/conformance.md, "Tolerances")
+
+
+class _Tol:
+    """The comparison a check makes: from the port's `precision`, per-entry error bounds
+    SAFETY * (u * magnitude + the smallest normal number, below which a result underflows), each
+    check's magnitude from the error analysis of its function; or,
+    when the caller gives rtol or atol, np.isclose with those (and for gradients, which have no
+    bound here, defaults per precision)."""
+
+    def __init__(self, rtol: float | None, atol: float | None, precision: str, layer: str):
+        if precision not in UNIT_ROUNDOFF:
+            raise ConformanceError(f"{layer}: precision must be one of {', '.join(UNIT_ROUNDOFF)}, got "
+                                   f"{precision!r}", layer, "convention")
+        self.u, self.explicit = UNIT_ROUNDOFF[precision], rtol is not None or atol is not None
+        self.smallest = SMALLEST[precision]
+        loose = precision == "float32"
+        self.rtol = rtol if rtol is not None else (1e-4 if loose else 1e-6)
+        self.atol = atol if atol is not None else (1e-5 if loose else 1e-9)
+
+    def bound(self, magnitude) -> np.ndarray | None:
+        if self.explicit:
+            return None
+        return SAFETY * (self.u * np.asarray(magnitude, np.float64) + self.smallest)
+
+
+def _compare(what: str, got, want, case: dict, rtol: float, atol: float, hint: str | None = None,
+             bound: np.ndarray | None = None) -> None:
+    """got against want: within the per-entry error bound when there is one, else np.isclose."""
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
     if got.shape != want.shape:
         raise _Mismatch(f"{what}: shape {list(got.shape)}, mindref {list(want.shape)}\n{_show(case)}",
                         quantity=what, inputs=case, hint=hint)
-    bad = ~np.isclose(got, want, rtol=rtol, atol=atol) | (np.isnan(got) != np.isnan(want))
+    with np.errstate(invalid="ignore"):
+        close = (np.abs(got - want) <= bound) if bound is not None else np.isclose(got, want, rtol, atol)
+    bad = ~close & ~(np.isnan(got) & np.isnan(want)) | (np.isnan(got) != np.isnan(want))
     if bad.any():
         i = tuple(int(x) for x in np.argwhere(bad)[0])
         where = f"at index {list(i)}" if i else "(a scalar)"
+        allowed = (f"error bound {float(np.broadcast_to(bound, got.shape)[i]):.3g}" if bound is not None
+                   else f"rtol {rtol}, atol {atol}")
+        with np.errstate(invalid="ignore"):
+            worst = np.nanmax(np.abs(got - want)) if np.isfinite(got - want).any() else np.nan
         raise _Mismatch(f"{what} differs {where}: {float(got[i]):.9g}, mindref {float(want[i]):.9g} "
-                        f"(max |diff| {np.nanmax(np.abs(got - want)):.3g}; rtol {rtol}, atol {atol})\n"
+                        f"(max |diff| {worst:.3g}; {allowed})\n"
                         f"{_show(case)}", quantity=what, index=list(i), got=float(got[i]),
                         expected=float(want[i]), inputs=case, hint=hint)
 
@@ -214,9 +250,30 @@ def _prefix_mask(lengths, size: int) -> np.ndarray:
     return np.arange(size)[None, :] < np.asarray(lengths)[:, None]
 
 
+def _variant(layer: str, conventions: dict | None, vjp: Callable | None, has_gradient: bool = False):
+    """The declared variant of a layer, or None for mindref's own choices. Declaring a convention
+    checks the port against that variant (mindref.diagnosis); a vjp then needs the variant's
+    gradient, which the kit has for the squash and the dot-product losses only."""
+    try:
+        variant = D.declared(layer, conventions)
+    except ValueError as err:
+        raise ConformanceError(str(err), layer, "convention") from None
+    if D.is_mindref(layer, variant):
+        return None
+    if vjp is not None and not has_gradient:
+        raise ConformanceError(f"{layer}: the kit has no gradient for the declared conventions "
+                               f"{conventions}; check the forward alone (vjp=None)", layer, "convention")
+    return variant
+
+
+def _declared_title(conventions: dict | None) -> str:
+    return f", declared {conventions}" if conventions else ""
+
+
 # --- embedding & pooling (3.2) ---------------------------------------------------------------
 
-def check_pooling(pooling: Callable, rtol: float = 1e-6, atol: float = 1e-9, max_examples: int = 100) -> int:
+def check_pooling(pooling: Callable, rtol: float | None = None, atol: float | None = None,
+                  max_examples: int = 100, precision: str = "float64") -> int:
     """pooling(item_table [V, d], field_table [V_f, d], item_ids [N], field_ids [N, F]) -> e [N, d]:
     the item-id embedding averaged with the mean of the item's field embeddings (a multi-valued
     field averaged first), id 0 padding everywhere: a field with no id is absent, not a zero."""
@@ -234,22 +291,30 @@ def check_pooling(pooling: Callable, rtol: float = 1e-6, atol: float = 1e-9, max
         fields = np.array([[draw(st.integers(0, Vf - 1)) for _ in range(F)] for _ in range(N)]).reshape(N, F)
         return {"item_table": tables[0], "field_table": tables[1], "item_ids": ids, "field_ids": fields}
 
+    tol = _Tol(rtol, atol, precision, "pooling")
+
     def compare(inputs):
-        want, _ = item_embedding_forward([inputs["item_table"], inputs["field_table"]],
-                                         [inputs["item_ids"][:, None], inputs["field_ids"]])
-        _compare("pooled item embedding e_i", _call(pooling, inputs)[0], want, inputs, rtol, atol)
+        ids = [inputs["item_ids"][:, None], inputs["field_ids"]]
+        want, _ = item_embedding_forward([inputs["item_table"], inputs["field_table"]], ids)
+        # a mean of at most F + 1 rows: error <= (F + 2) u times the mean of the |rows|
+        size, _ = item_embedding_forward([np.abs(inputs["item_table"]), np.abs(inputs["field_table"])], ids)
+        _compare("pooled item embedding e_i", _call(pooling, inputs)[0], want, inputs, tol.rtol, tol.atol,
+                 bound=tol.bound((ids[1].shape[1] + 2) * size))
 
     return _run("pooling", "embedding & pooling", cases(), compare, max_examples)
 
 
 # --- sampled softmax (3.5, Eqs. 10-11) ------------------------------------------------------------
 
-def check_sampled_softmax(loss: Callable, vjp: Callable | None = None, rtol: float = 1e-6,
-                          atol: float = 1e-9, max_examples: int = 100) -> int:
+def check_sampled_softmax(loss: Callable, vjp: Callable | None = None, rtol: float | None = None,
+                          atol: float | None = None, max_examples: int = 100, conventions: dict | None = None,
+                          temperature: float = 1.0, precision: str = "float64") -> int:
     """loss(v [B, d], e_pos [B, d], e_neg [S, d], pos_ids [B], neg_ids [S], log_q_pos [B],
     log_q_neg [S]) -> the mean over the batch of -log softmax(o)_pos, o = v . e - log Q, with a
     sampled negative equal to the row's positive removed (its logit -inf, no mass);
-    vjp(..., dloss) -> (dv, de_pos, de_neg)."""
+    vjp(..., dloss) -> (dv, de_pos, de_neg). conventions (mindref.diagnosis.SWITCHES
+    ['sampled_softmax']): e.g. {"logq": "ignored", "hits": "kept", "reduce": "sum"}, or
+    {"logits": "cosine"} with `temperature` (forward only)."""
     _, st = _hypothesis()
     from .sampled_softmax import sampled_softmax_backward, sampled_softmax_forward
 
@@ -264,17 +329,47 @@ def check_sampled_softmax(loss: Callable, vjp: Callable | None = None, rtol: flo
                   "log_q_pos": _array(draw, st, (B,), 3.0), "log_q_neg": _array(draw, st, (S,), 3.0)}
         return inputs, draw(st.floats(0.1, 2.0))
 
+    cosine = (conventions or {}).get("logits") == "cosine"
+    v = (_variant("sampled_softmax", conventions, vjp, has_gradient=not cosine)
+         or D.declared("sampled_softmax", None))
+    logq, hits = v["logq"] == "subtracted", v["hits"] == "removed"
+    tol = _Tol(rtol, atol, precision, "sampled_softmax")
+    rtol, atol = tol.rtol, tol.atol
+
     def compare(case):
         inputs, dloss = case
-        want, cache = _mindref("the sampled softmax", sampled_softmax_forward, inputs, *inputs.values())
-        _compare("sampled softmax loss", _call(loss, inputs)[0], np.asarray(want), inputs, rtol, atol)
+        if v["logits"] == "cosine":
+            want = D.compute("sampled_softmax", v, inputs, {"temperature": temperature})
+        else:
+            q = (inputs["log_q_pos"], inputs["log_q_neg"]) if logq else (None, None)
+            x = [inputs[k] for k in ("v", "e_pos", "e_neg", "pos_ids", "neg_ids")]
+            want, cache = _mindref("the sampled softmax", sampled_softmax_forward, inputs, *x, *q, hits)
+            want = want * (len(inputs["v"]) if v["reduce"] == "sum" else 1)
+        _compare("sampled softmax loss", _call(loss, inputs)[0], np.asarray(want), inputs, rtol, atol,
+                 bound=tol.bound(_loss_magnitude(inputs, want, v, temperature)))
         if vjp is not None:
             got = _call(vjp, inputs, np.float64(dloss))
-            for what, g, w in zip(("dv", "de_pos", "de_neg"), got, sampled_softmax_backward(dloss, cache)):
+            upstream = dloss * (len(inputs["v"]) if v["reduce"] == "sum" else 1)
+            for what, g, w in zip(("dv", "de_pos", "de_neg"), got, sampled_softmax_backward(upstream, cache)):
                 _compare(f"sampled softmax gradient {what}", g, w, inputs, rtol, atol)
 
-    return _run("sampled_softmax", "sampled softmax", cases(), compare, max_examples,
-                _diagnoser("sampled_softmax", loss, _loss_probes, rtol, atol))
+    return _run("sampled_softmax", f"sampled softmax{_declared_title(conventions)}", cases(), compare,
+                max_examples, _diagnoser("sampled_softmax", loss, _loss_probes, rtol, atol, conventions,
+                                         {"temperature": temperature}))
+
+
+def _loss_magnitude(x: dict, loss, variant: dict, temperature: float) -> float:
+    """Error model of the loss: each logit o = v . e - log Q is off by <= u (d |v||e| + |log Q|);
+    logsumexp(o) - o_pos is off by twice the worst logit error plus u (|loss| + log(1 + S)); a sum
+    over the batch multiplies it by B."""
+    v, e = np.abs(x["v"]), np.abs(np.vstack([x["e_pos"], x["e_neg"]]))
+    summed = variant["reduce"] == "sum"
+    if variant["logits"] == "cosine":
+        v, e = np.full_like(v, 1 / temperature), np.ones_like(e)
+    d, S, B = v.shape[1], len(x["e_neg"]), len(v)
+    log_q = np.abs(np.concatenate([x["log_q_pos"], x["log_q_neg"]]))
+    worst = d * float(np.max(v @ e.T)) + float(np.max(log_q))
+    return (2 * worst + float(np.abs(loss)) / (B if summed else 1) + np.log1p(S)) * (B if summed else 1)
 
 
 def _loss_probes() -> list[dict]:
@@ -288,9 +383,11 @@ def _loss_probes() -> list[dict]:
 
 # --- squash, Eq. (7) ------------------------------------------------------------------------------
 
-def check_squash(squash: Callable, vjp: Callable | None = None, rtol: float = 1e-6, atol: float = 1e-9,
-                 max_examples: int = 100) -> int:
-    """squash(z) = ||z||^2 / (1 + ||z||^2) z / ||z|| over the last axis; 0 at z = 0."""
+def check_squash(squash: Callable, vjp: Callable | None = None, rtol: float | None = None,
+                 atol: float | None = None, max_examples: int = 100, conventions: dict | None = None,
+                 precision: str = "float64") -> int:
+    """squash(z) = ||z||^2 / (1 + ||z||^2) z / ||z|| over the last axis; 0 at z = 0.
+    conventions: {"eps": "1e-8"} (an epsilon inside the square root) or {"form": "misprint"}."""
     _, st = _hypothesis()
 
     @st.composite
@@ -299,17 +396,52 @@ def check_squash(squash: Callable, vjp: Callable | None = None, rtol: float = 1e
         scale = draw(st.sampled_from([1.0, 1e-3, 30.0, 1e-6]))
         return {"z": _array(draw, st, (n, d), scale)}, draw(st.integers(0, 2**32 - 1))
 
+    variant = _variant("squash", conventions, vjp, has_gradient=True)
+    tol = _Tol(rtol, atol, precision, "squash")
+    rtol, atol = tol.rtol, tol.atol
+
     def compare(case):
         inputs, seed = case
-        c, cache = squash_forward(inputs["z"])
-        _compare("squash output c", _call(squash, inputs)[0], c, inputs, rtol, atol)
+        z = inputs["z"]
+        c, cache = squash_forward(z)
+        if variant is not None:
+            c = D.compute("squash", variant, inputs)
+        d = z.shape[-1]
+        # ||z|| from d squares, then one scaling: the error is relative to the whole vector, d u ||c||,
+        # with no absolute floor, so that a tiny capsule is checked as closely as a long one
+        _compare("squash output c", _call(squash, inputs)[0], c, inputs, rtol, atol,
+                 bound=tol.bound(d * np.linalg.norm(c, axis=-1, keepdims=True)))
         if vjp is not None:
             dc = np.random.default_rng(seed).standard_normal(c.shape)
-            _compare("squash gradient dz", _call(vjp, inputs, dc)[0], squash_backward(dc, cache), inputs,
-                     rtol, atol)
+            want = (squash_backward(dc, cache) if variant is None
+                    else _squash_variant_vjp(z, dc, variant))
+            _compare("squash gradient dz", _call(vjp, inputs, dc)[0], want, inputs, rtol, atol,
+                     bound=tol.bound(d * _squash_vjp_magnitude(z, dc)))
 
-    return _run("squash", "squash", cases(), compare, max_examples,
-                _diagnoser("squash", squash, _squash_probes, rtol, atol))
+    return _run("squash", f"squash{_declared_title(conventions)}", cases(), compare, max_examples,
+                _diagnoser("squash", squash, _squash_probes, rtol, atol, conventions))
+
+
+def _squash_vjp_magnitude(z: np.ndarray, dc: np.ndarray) -> np.ndarray:
+    """|g| |dc| + |g'(n)| (|z| . |dc|) |z| / n with g(n) = n / (1 + n^2), c = g z: the terms of
+    dz = g dc + g'(n) (z . dc) z / n before they cancel (0 at z = 0, as the Jacobian)."""
+    n = np.linalg.norm(z, axis=-1, keepdims=True)
+    g, dg = n / (1 + n**2), np.abs(1 - n**2) / (1 + n**2) ** 2
+    dot = np.sum(np.abs(z) * np.abs(dc), -1, keepdims=True)
+    return g * np.abs(dc) + dg * np.divide(dot, n, out=np.zeros_like(n), where=n > 0) * np.abs(z)
+
+
+def _squash_variant_vjp(z: np.ndarray, dc: np.ndarray, variant: dict) -> np.ndarray:
+    """dz of a squash variant c = g(s) z, s = ||z||^2: g dc + 2 g'(s) (z . dc) z, with
+    g = s / ((1 + s) sqrt(s + eps)) (an epsilon) or 1 / (1 + s) (the misprint)."""
+    s = np.sum(z * z, -1, keepdims=True)
+    if variant["form"] == "misprint":
+        g, dg = 1 / (1 + s), -1 / (1 + s) ** 2
+    else:
+        eps = float(variant["eps"]) if variant["eps"] != "none" else 0.0
+        g = s / ((1 + s) * np.sqrt(s + eps))
+        dg = (2 * (s + eps) - s * (1 + s)) / (2 * (1 + s) ** 2 * (s + eps) ** 1.5)
+    return g * dc + 2 * dg * np.sum(z * dc, -1, keepdims=True) * z
 
 
 def _squash_probes() -> list[dict]:
@@ -319,12 +451,16 @@ def _squash_probes() -> list[dict]:
 
 # --- K'_u, Eq. (9) -----------------------------------------------------------------------------
 
-def check_interest_count(interest_count: Callable, max_K: int = 8, max_length: int = 4096) -> int:
+def check_interest_count(interest_count: Callable, max_K: int = 8, max_length: int = 4096,
+                         conventions: dict | None = None) -> int:
     """K'_u = max(1, min(K, floor(log2 |I_u|))) for every K <= max_K and |I_u| <= max_length;
-    exhaustive, so the first differing (K, |I_u|) is the smallest."""
+    exhaustive, so the first differing (K, |I_u|) is the smallest. conventions: {"rule": ...}
+    (mindref.diagnosis.SWITCHES['interest_count'], e.g. "floor-log2-1p", DeepMatch's)."""
+    variant = _variant("interest_count", conventions, None)
     lengths = np.arange(1, max_length + 1)
     for K in range(1, max_K + 1):
-        want = R.interest_count(lengths, K)
+        want = (R.interest_count(lengths, K) if variant is None else
+                D.compute("interest_count", variant, {"lengths": lengths, "K": K}).astype(int))
         got = np.asarray(interest_count(lengths.copy(), K))
         if got.shape != want.shape:
             raise ConformanceError(f"interest_count: shape {list(got.shape)} for {max_length} users",
@@ -334,7 +470,7 @@ def check_interest_count(interest_count: Callable, max_K: int = 8, max_length: i
             n = int(lengths[bad[0]])
             probes = [{"lengths": lengths.copy(), "K": k} for k in range(1, max_K + 1)]
             port = lambda case: interest_count(case["lengths"].copy(), case["K"])  # noqa: E731
-            found = D.diagnose("interest_count", port, probes, 0, 0)
+            found = D.diagnose("interest_count", port, probes, 0, 0, conventions)
             raise ConformanceError(f"interest_count: K = {K}, |I_u| = {n}: got {got[bad[0]]}, mindref "
                                    f"{want[bad[0]]} (= max(1, min(K, floor(log2 {n}))))\ndiagnosis: {found}",
                                    "interest_count", "differs", "K'_u", [int(bad[0])], float(got[bad[0]]),
@@ -349,12 +485,15 @@ GRAD_MODES = {"stop": "stop-gradient through the first r - 1 iterations",
 
 
 def check_routing(routing: Callable, vjp: Callable | None = None, softmax_axis: str = "interests",
-                  grad_mode: str = "stop", dynamic_k: bool = True, rtol: float = 1e-6, atol: float = 1e-9,
-                  max_examples: int = 100) -> int:
+                  grad_mode: str = "stop", dynamic_k: bool = True, rtol: float | None = None,
+                  atol: float | None = None, max_examples: int = 100, conventions: dict | None = None,
+                  iterations: int | None = None, precision: str = "float64") -> int:
     """routing(e, S, b0, behaviour_mask, capsule_mask, iterations) -> u, padded behaviours anywhere
     in the sequence, capsules beyond K'_u masked; vjp(..., du) -> (de, dS) in grad_mode.
-    Ranges: B <= 3, L <= 64, K <= 8, d <= 64, r <= 6 iterations, logits b0 up to |1000| (a
-    softmax without max-subtraction overflows)."""
+    Ranges: B <= 3, L <= 64, K <= 8, d <= 64, r <= 6 iterations (only `iterations` for a port
+    with a fixed r), logits b0 up to |1000| (a softmax without max-subtraction overflows).
+    conventions: further routing choices (mindref.diagnosis.SWITCHES['routing'], e.g.
+    {"squash": "1e-9"}), checked on the forward only."""
     _, st = _hypothesis()
 
     @st.composite
@@ -370,8 +509,14 @@ def check_routing(routing: Callable, vjp: Callable | None = None, softmax_axis: 
         inputs = {"e": _array(draw, st, (B, L, d), 2.0), "S": _array(draw, st, (d, d), 1.0),
                   "b0": _array(draw, st, (B, K, L), b_scale), "behaviour_mask": bmask,
                   "capsule_mask": R.capsule_mask(bmask, K, dynamic_k),
-                  "iterations": np.int64(draw(st.integers(1, 6)))}
+                  "iterations": np.int64(iterations or draw(st.integers(1, 6)))}
         return inputs, draw(st.integers(0, 2**32 - 1))
+
+    tol = _Tol(rtol, atol, precision, "routing")
+    rtol, atol = tol.rtol, tol.atol
+    declared = {"axis": softmax_axis, **(conventions or {})}
+    variant = _variant("routing", {k: v for k, v in declared.items() if k != "axis"} or None, vjp)
+    variant = variant and D.declared("routing", declared)
 
     def forward(inputs: dict, mode: str):
         x = dict(inputs, iterations=int(inputs["iterations"]))
@@ -380,7 +525,10 @@ def check_routing(routing: Callable, vjp: Callable | None = None, softmax_axis: 
     def compare(case):
         inputs, seed = case
         u, cache = forward(inputs, grad_mode)
-        _compare("routing output u", _call(routing, inputs)[0], u, inputs, rtol, atol)
+        if variant is not None:
+            u = D.compute("routing", variant, inputs)
+        _compare("routing output u", _call(routing, inputs)[0], u, inputs, rtol, atol,
+                 bound=tol.bound(_routing_magnitude(inputs, cache)))
         if vjp is not None:
             du = np.random.default_rng(seed).standard_normal(u.shape)
             got = _call(vjp, inputs, du)
@@ -394,12 +542,28 @@ def check_routing(routing: Callable, vjp: Callable | None = None, softmax_axis: 
             _compare(f"routing gradient de ({grad_mode})", got[0], de, inputs, rtol, atol, hint)
             _compare(f"routing gradient dS ({grad_mode})", got[1], dS, inputs, rtol, atol, hint)
 
-    return _run("routing", f"routing (softmax over {softmax_axis}, grad {grad_mode})", cases(), compare,
-                max_examples, _diagnoser("routing", routing, lambda: _routing_probes(dynamic_k), rtol, atol,
-                                         {"axis": softmax_axis}))
+    def probes():
+        return _routing_probes(dynamic_k, iterations)
+
+    title = f"routing (softmax over {softmax_axis}, grad {grad_mode}{_declared_title(conventions)})"
+    return _run("routing", title, cases(), compare, max_examples,
+                _diagnoser("routing", routing, probes, rtol, atol, declared))
 
 
-def _routing_probes(dynamic_k: bool) -> list[dict]:
+def _routing_magnitude(x: dict, cache) -> np.ndarray:
+    """Error model of routing, per capsule [B, K, 1]: a logit is off by <= u (|b0| + r max ||e_hat||)
+    after r updates, which moves a softmax weight by that much relative to itself; z_j = sum_i w_ij
+    e_hat_i then moves by that times M_j = sum_i w_ij ||e_hat_i||, plus u (L + d) M_j from its own
+    sums; the squash is 1-Lipschitz; r iterations compound it at most r times."""
+    e_hat = x["e"] @ x["S"].T  # [B, L, d]
+    r, (_, L, d) = int(x["iterations"]), e_hat.shape
+    norms = np.linalg.norm(e_hat, axis=-1)  # [B, L]
+    M = np.einsum("bkl,bl->bk", cache.route.w[-1], norms)[..., None]  # [B, K, 1]
+    logit = float(np.max(np.abs(x["b0"]), initial=0)) + r * float(norms.max(initial=0))
+    return r * (L + d + logit) * M
+
+
+def _routing_probes(dynamic_k: bool, iterations: int | None = None) -> list[dict]:
     """Inputs that tell the routing variants apart: padding inside and at the end, K'_u < K, more
     than three iterations, and logits past float32 exp's range."""
     rng = np.random.default_rng(7)
@@ -409,17 +573,19 @@ def _routing_probes(dynamic_k: bool) -> list[dict]:
     bmask[1, 5:] = False  # and at its end
     return [{"e": rng.standard_normal((B, L, d)), "S": rng.standard_normal((d, d)) / 2,
              "b0": rng.standard_normal((B, K, L)) * scale, "behaviour_mask": bmask,
-             "capsule_mask": R.capsule_mask(bmask, K, dynamic_k), "iterations": np.int64(r)}
+             "capsule_mask": R.capsule_mask(bmask, K, dynamic_k), "iterations": np.int64(iterations or r)}
             for r, scale in ((3, 1.0), (5, 1.0), (6, 3.0), (4, 100.0))]
 
 
 # --- label-aware attention (3.4) -----------------------------------------------------------------
 
 def check_attention(attention: Callable, vjp: Callable | None = None, mode: str = "pow", p: float = 2.0,
-                    rtol: float = 1e-6, atol: float = 1e-9, max_examples: int = 100) -> int:
+                    rtol: float | None = None, atol: float | None = None, max_examples: int = 100,
+                    conventions: dict | None = None, precision: str = "float64") -> int:
     """attention(V, e, capsule_mask) -> v = V softmax(pow(V^T e, p)) over the valid capsules,
     negative scores included (pow with an integer p is s**p, sign and all). A non-integer p with a
-    negative score has no real pow: mindref refuses it, reported as a convention to change."""
+    negative score has no real pow: mindref refuses it, reported as a convention to change, e.g.
+    conventions={"pow": "abs"} (|s|^p) or {"pow": "sign"} (forward only; mode 'pow')."""
     _, st = _hypothesis()
 
     @st.composite
@@ -431,11 +597,22 @@ def check_attention(attention: Callable, vjp: Callable | None = None, mode: str 
                   "capsule_mask": _prefix_mask(lengths, K)}
         return inputs, draw(st.integers(0, 2**32 - 1))
 
+    variant = _variant("attention", conventions, vjp)
+    tol = _Tol(rtol, atol, precision, "attention")
+    rtol, atol = tol.rtol, tol.atol
+
     def compare(case):
         inputs, seed = case
+        bound = tol.bound(_attention_magnitude(inputs, p, mode))
+        if variant is not None:
+            want = D.compute("attention", variant, inputs, {"p": p})
+            _compare(f"attention output v (declared {conventions}, p = {p})", _call(attention, inputs)[0],
+                     want, inputs, rtol, atol, bound=bound)
+            return
         v, cache = _mindref(f"attention (mode {mode}, p = {p})", A.attention_forward, inputs, inputs["V"],
                             inputs["e"], inputs["capsule_mask"], p, mode)
-        _compare(f"attention output v ({mode}, p = {p})", _call(attention, inputs)[0], v, inputs, rtol, atol)
+        _compare(f"attention output v ({mode}, p = {p})", _call(attention, inputs)[0], v, inputs, rtol, atol,
+                 bound=bound)
         if vjp is not None:
             dv = np.random.default_rng(seed).standard_normal(v.shape)
             dV, de = A.attention_backward(dv, cache)
@@ -443,9 +620,24 @@ def check_attention(attention: Callable, vjp: Callable | None = None, mode: str 
             _compare("attention gradient dV", got[0], dV, inputs, rtol, atol)
             _compare("attention gradient de", got[1], de, inputs, rtol, atol)
 
-    diagnose = _diagnoser("attention", attention, _attention_probes, rtol, atol, settings={"p": p})
+    diagnose = _diagnoser("attention", attention, _attention_probes, rtol, atol, conventions, {"p": p})
     return _run("attention", f"attention ({mode}, p = {p})", cases(), compare, max_examples,
                 diagnose if mode == "pow" else None)
+
+
+def _attention_magnitude(x: dict, p: float, mode: str) -> np.ndarray:
+    """Error model of attention, per entry of v [B, d]: a score s_k = V_k . e is off by <= d u
+    |V_k| . |e|, its logit (s^p, or p s) by the derivative times that plus u |logit|; a softmax
+    weight moves relative to itself by twice the worst logit error; v = sum_k a_k V_k then by that
+    times sum_k |V_k| (bounding a_k <= 1), plus its own d u."""
+    V, e, mask = x["V"], x["e"], x["capsule_mask"]
+    d = V.shape[-1]
+    s = np.einsum("bkd,bd->bk", V, e)
+    ds = d * np.einsum("bkd,bd->bk", np.abs(V), np.abs(e))
+    slope = p * np.abs(s) ** max(p - 1, 0) if mode == "pow" else np.full_like(s, abs(p))
+    logit = np.abs(s) ** p if mode == "pow" else np.abs(p * s)
+    worst = np.max(np.where(mask, slope * ds + logit, 0), axis=1, keepdims=True)  # [B, 1]
+    return (d + 2 * worst) * np.einsum("bk,bkd->bd", mask.astype(float), np.abs(V))
 
 
 def _attention_probes() -> list[dict]:
@@ -458,13 +650,13 @@ def _attention_probes() -> list[dict]:
 # --- the whole serving user tower (3.5) -----------------------------------------------------------
 
 def check_user_tower(make_tower: Callable, cfg: M.MINDConfig | None = None, rtol: float = 1e-5,
-                     atol: float = 1e-6, max_examples: int = 50) -> int:
+                     atol: float = 1e-6, max_examples: int = 50, normalized: bool = False) -> int:
     """make_tower(params, cfg, item_fields) -> tower(hist, profile) -> (V [B, K, d], mask [B, K])
     for mindref's parameters (a dict of float64 NumPy arrays, model.init_params; the stored
     routing-logit draw is params['serving_logits'] [K, max_len]) and item side fields ([V, F_f]).
     Compared with model.user_vectors on histories of every length 1..L with padding, item side
     fields and profiles; the same input must give the same output every time (no fresh random draw
-    at inference: DeepMatch #105)."""
+    at inference: DeepMatch #105). normalized: the port L2-normalises each interest (torch-rechub)."""
     _, st = _hypothesis()
     cfg = cfg or M.MINDConfig(num_items=40, field_sizes=(5,), profile_sizes=(3, 4), dim=6, K=4, hidden=(8,),
                               max_len=16)  # 16 behaviours reach K'_u = 4
@@ -492,9 +684,17 @@ def check_user_tower(make_tower: Callable, cfg: M.MINDConfig | None = None, rtol
                             f"mindref {mask.astype(int).tolist()}\n{_show(inputs)}", quantity="interest mask",
                             inputs=inputs, hint="the interest mask differs: run check_interest_count on the "
                                                 "port's K'_u rule, which names it")
-        _compare("user vectors V_u", got[0], V, inputs, rtol, atol)
+        if normalized:
+            norm = np.linalg.norm(V, axis=-1, keepdims=True)
+            V = np.divide(V, norm, out=np.zeros_like(V), where=norm > 0)
+        hint = None
+        if not normalized:
+            n = np.linalg.norm(np.asarray(got[0], np.float64), axis=-1)[mask]
+            hint = "every valid interest has norm 1: declare normalized=True" if np.allclose(n, 1) else None
+        _compare("user vectors V_u", got[0], V, inputs, rtol, atol, hint)
 
-    return _run("tower", "user tower", cases(), compare, max_examples)
+    return _run("tower", "user tower" + (" (L2-normalised)" if normalized else ""), cases(), compare,
+                max_examples)
 
 
 # --- a port's adapter, every layer in one run (`mindref conform`) ---------------------------------

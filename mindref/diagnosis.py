@@ -15,7 +15,11 @@ its section of docs/decisions.md.
     attention        pow on a negative score (sign kept, |s|, no pow); masked capsules taking
                      mass; a hard argmax readout
     interest_count   floor(log2 n) vs floor(log2(1 + n)), floor(ln n), ceil(log2 n), no dynamic K
-    sampled_softmax  logQ correction ignored; accidental hits kept; sum instead of mean
+    sampled_softmax  cosine logits over a temperature; logQ correction ignored; accidental hits
+                     kept; sum instead of mean
+
+The same variants are the conventions a port may declare (`declared`, `compute`): the kit then
+checks the port against that variant instead of mindref's choice.
 """
 from __future__ import annotations
 
@@ -88,6 +92,8 @@ SWITCHES: dict[str, dict[str, tuple[Choice, ...]]] = {
                         ("none", "no dynamic K: K'_u = K for every user", "decisions.md §6")),
     },
     "sampled_softmax": {
+        "logits": _switch(("dot", "logits v . e", "decisions.md §10"),
+                          ("cosine", "cosine logits over a temperature (torch-rechub)", "decisions.md §10")),
         "logq": _switch(("subtracted", "the logQ correction", "decisions.md §10"),
                         ("ignored", "no logQ correction (log Q not subtracted)", "decisions.md §10")),
         "hits": _switch(("removed", "accidental hits removed", "decisions.md §10"),
@@ -113,6 +119,28 @@ class Diagnosis(NamedTuple):
             return f"it matches mindref on the {self.probes} diagnostic inputs: the difference is elsewhere"
         return " or ".join("matches mindref with " + " and ".join(f"{c.says} ({c.where})" for c in m)
                            for m in self.matches)
+
+
+def declared(layer: str, conventions: dict | None) -> dict:
+    """The full variant of `layer` (every switch) with the caller's conventions in place of
+    mindref's choices; ValueError names an unknown switch or value and lists the known ones."""
+    switches = SWITCHES[layer]
+    for name, value in (conventions or {}).items():
+        if name not in switches:
+            raise ValueError(f"{layer}: no convention {name!r}; known: {', '.join(switches)}")
+        values = [c.value for c in switches[name]]
+        if value not in values:
+            raise ValueError(f"{layer}: convention {name}={value!r} is not one of {', '.join(values)}")
+    return {name: (conventions or {}).get(name, choices[0].value) for name, choices in switches.items()}
+
+
+def is_mindref(layer: str, variant: dict) -> bool:
+    return all(variant[name] == choices[0].value for name, choices in SWITCHES[layer].items())
+
+
+def compute(layer: str, variant: dict, inputs: dict, settings: dict | None = None) -> np.ndarray:
+    """The output of one variant of `layer` on inputs (a check's input dict)."""
+    return _compute(layer, variant, {**inputs, **(settings or {})})
 
 
 def _count(layer: str) -> int:
@@ -234,8 +262,12 @@ def _interest_count(var: dict, lengths, K) -> np.ndarray:
     return np.clip(raw, 1, int(K))
 
 
-def _sampled_softmax(var: dict, v, e_pos, e_neg, pos_ids, neg_ids, log_q_pos, log_q_neg) -> np.ndarray:
+def _sampled_softmax(var: dict, v, e_pos, e_neg, pos_ids, neg_ids, log_q_pos, log_q_neg,
+                     temperature: float = 1.0) -> np.ndarray:
     logq = var["logq"] == "subtracted"
+    if var["logits"] == "cosine":
+        unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+        v, e_pos, e_neg = unit(v) / temperature, unit(e_pos), unit(e_neg)
     loss, _, _ = candidate_softmax(np.sum(v * e_pos, 1), v @ e_neg.T, pos_ids, neg_ids,
                                    log_q_pos if logq else None, log_q_neg if logq else None,
                                    var["hits"] == "removed")

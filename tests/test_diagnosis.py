@@ -220,3 +220,116 @@ def test_mindref_conform_runs_an_adapter_and_names_each_layers_mistake(tmp_path,
         "attention": "skipped", "sampled_softmax": "skipped", "tower": "skipped"}
     assert main(["conform", "my_port_checks:Nope"]) == 2
     assert "has no Nope" in capsys.readouterr().err
+
+
+# ---- declared conventions: a port that differs only by one passes once it declares it -----------
+
+
+def eps_squash(z, eps=1e-8):
+    s = np.sum(z * z, -1, keepdims=True)
+    return s / (1 + s) / np.sqrt(s + eps) * z
+
+
+def complex_step_vjp(f, z, dc, h=1e-30):
+    """dc . df/dz by the complex step (exact to rounding: f(z + ih e_k) = f(z) + ih f'(z) e_k, up
+    to h^2 terms, which only show where the Jacobian is 0: at z = 0, given exactly)."""
+    dz = np.zeros_like(z)
+    for k in np.ndindex(z.shape):
+        zc = z.astype(complex)
+        zc[k] += 1j * h
+        dz[k] = np.sum(dc * f(zc).imag) / h
+    return np.where(np.any(z != 0, -1, keepdims=True), dz, 0)
+
+
+def test_a_declared_squash_epsilon_is_checked_forward_and_backward():
+    vjp = lambda z, dc: complex_step_vjp(eps_squash, z, dc)  # noqa: E731
+    err = diagnosis_of(C.check_squash, eps_squash, vjp, max_examples=40)
+    assert "epsilon 1e-8" in str(err.diagnosis)
+    assert C.check_squash(eps_squash, vjp, conventions={"eps": "1e-8"}, max_examples=40) == 40
+    with pytest.raises(C.ConformanceError):  # declaring the wrong epsilon still fails
+        C.check_squash(eps_squash, conventions={"eps": "1e-9"}, max_examples=40)
+
+
+def test_declared_loss_conventions():
+    def port(v, e_pos, e_neg, pos_ids, neg_ids, log_q_pos, log_q_neg):  # no logQ, hits kept, summed
+        return len(v) * sampled_softmax_port(v, e_pos, e_neg, pos_ids, neg_ids, 0 * log_q_pos, 0 * log_q_neg,
+                                             keep_hits=True)
+    declared = {"logq": "ignored", "hits": "kept", "reduce": "sum"}
+    err = diagnosis_of(C.check_sampled_softmax, port)
+    for words in ("no logQ", "hits kept", "summed"):
+        assert words in str(err.diagnosis)
+    assert C.check_sampled_softmax(port, conventions=declared, max_examples=50) == 50
+    with pytest.raises(C.ConformanceError):
+        C.check_sampled_softmax(port, conventions={"logq": "ignored", "hits": "kept"}, max_examples=50)
+
+    def cosine(v, e_pos, e_neg, pos_ids, neg_ids, log_q_pos, log_q_neg, tau=0.2):
+        unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731 (F.normalize)
+        return sampled_softmax_port(unit(v) / tau, unit(e_pos), unit(e_neg), pos_ids, neg_ids,
+                                    0 * log_q_pos, 0 * log_q_neg)
+    assert C.check_sampled_softmax(cosine, conventions={"logits": "cosine", "logq": "ignored"},
+                                   temperature=0.2, max_examples=50) == 50
+
+
+def test_declared_routing_attention_count_and_tower_conventions():
+    rechub = lambda *a: rechub_like_routing(*a, eps=0.0)  # noqa: E731
+    assert C.check_routing(rechub, softmax_axis="behaviours", max_examples=40,
+                           conventions={"padding": "mass", "updates": "first-2"}) == 40
+    with pytest.raises(C.ConformanceError):  # the i < 2 update left undeclared
+        C.check_routing(rechub, softmax_axis="behaviours", conventions={"padding": "mass"}, max_examples=40)
+    assert C.check_routing(lambda *a: routing_port(*a), iterations=3, max_examples=20) == 20
+    abs_pow = lambda V, e, m: _attend(V, e, m, lambda s: np.abs(s) ** 1.5)  # noqa: E731
+    assert C.check_attention(abs_pow, p=1.5, conventions={"pow": "abs"}, max_examples=40) == 40
+    deepmatch = lambda n, K: np.clip(np.floor(np.log2(1 + n)), 1, K).astype(int)  # noqa: E731
+    assert C.check_interest_count(deepmatch, conventions={"rule": "floor-log2-1p"}) > 0
+
+
+def test_an_l2_normalised_tower_is_told_to_declare_it_and_then_passes():
+    from test_conformance import make_tower_port
+
+    def normalised(params, cfg, fields):
+        tower = make_tower_port(params, cfg, fields)
+
+        def run(hist, profile):
+            V, mask = tower(hist, profile)
+            n = np.linalg.norm(V, axis=-1, keepdims=True)
+            return np.divide(V, n, out=np.zeros_like(V), where=n > 0), mask
+        return run
+    err = diagnosis_of(C.check_user_tower, normalised, max_examples=10)
+    assert "declare normalized=True" in str(err.diagnosis)
+    assert C.check_user_tower(normalised, normalized=True, max_examples=10) == 10
+
+
+def test_conventions_the_kit_cannot_check_are_one_clear_error():
+    err = diagnosis_of(C.check_routing, routing_port, conventions={"softmax_axes": "x"})
+    assert err.kind == "convention" and "known: axis, padding" in str(err)
+    err = diagnosis_of(C.check_routing, routing_port, lambda *a: None, conventions={"padding": "mass"})
+    assert err.kind == "convention" and "vjp=None" in str(err)
+
+
+def as_float32(port):
+    """The port computed in float32, as a PyTorch or TensorFlow port would by default."""
+    def run(*args):
+        out = port(*[a.astype(np.float32) if np.asarray(a).dtype == np.float64 else a for a in args])
+        return np.asarray(out, np.float32)
+    return run
+
+
+def test_float32_ports_pass_at_float32_precision_and_tiny_capsules_are_still_checked():
+    """Tolerances from each function's error analysis: correct float32 ports pass with
+    precision='float32'; a float32 squash that flushes tiny capsules to 0 is still caught (an
+    absolute atol of 1e-5 would have let it through)."""
+    from test_conformance import pooling_port
+    assert C.check_squash(as_float32(squash_port), precision="float32") == 100
+    assert C.check_routing(as_float32(routing_port), precision="float32", max_examples=60) == 60
+    assert C.check_attention(as_float32(attention_port), precision="float32") == 100
+    assert C.check_sampled_softmax(as_float32(sampled_softmax_port), precision="float32") == 100
+    assert C.check_pooling(as_float32(pooling_port), precision="float32") == 100
+    with pytest.raises(C.ConformanceError):
+        C.check_routing(as_float32(routing_port), max_examples=60)  # float32 is not float64
+
+    def flushing(z):
+        c = as_float32(squash_port)(z)
+        return np.where(np.linalg.norm(z, axis=-1, keepdims=True) < 1e-4, 0, c)
+    C.check_squash(flushing, atol=1e-5)  # the old absolute tolerance cannot see it
+    err = diagnosis_of(C.check_squash, flushing, precision="float32")
+    assert np.linalg.norm(err.inputs["z"]) < 1e-4

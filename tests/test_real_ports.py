@@ -49,7 +49,8 @@ def test_torch_rechub_routing_is_diagnosed():
 
 def test_torch_rechub_routing_as_it_runs_draws_afresh_each_call():
     with pytest.raises(C.ConformanceError) as err:
-        C.check_routing(lambda *a: rechub_routing(*a, fresh_draw=True), max_examples=20)
+        C.check_routing(lambda *a: rechub_routing(*a, fresh_draw=True), max_examples=20,
+                        conventions={"squash": "1e-9"})  # its epsilon declared, the draw is what is left
     assert err.value.kind == "inconsistent" and "fresh random draw" in str(err.value.diagnosis)
 
 
@@ -83,3 +84,9 @@ def test_a_port_with_deepmatch_conventions_is_diagnosed_layer_by_layer():
     assert rows["squash"]["result"] == "FAIL" and "epsilon 1e-8" in rows["squash"]["detail"]
     assert rows["interest_count"]["result"] == "FAIL" and "DeepMatch" in rows["interest_count"]["detail"]
     assert rows["routing"]["result"] == "FAIL" and "carried between calls" in rows["routing"]["detail"]
+
+
+def test_torch_rechub_routing_passes_once_its_conventions_are_declared():
+    """Its choices are all in the catalogue: declared, the real code matches mindref's variant."""
+    declared = {"padding": "mass", "updates": "first-2", "squash": "1e-9"}
+    assert C.check_routing(rechub_routing, softmax_axis="behaviours", conventions=declared, max_examples=60) == 60
