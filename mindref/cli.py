@@ -403,6 +403,8 @@ def cmd_conform(args) -> int:
     if not module_name or not class_name:
         raise ValueError(f"adapter {spec!r}: expected module:Class (e.g. myport.checks:Adapter)")
     sys.path.insert(0, os.getcwd())  # an adapter beside the caller imports like a script's module
+    if args.thorough:
+        os.environ["MINDREF_CONFORMANCE"] = "thorough"
     try:
         adapter = getattr(importlib.import_module(module_name), class_name)()
         from . import conformance
@@ -549,6 +551,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("adapter", help="module:Class with the port's layers as methods (routing, squash, ...)")
     p.add_argument("--only", nargs="+", metavar="LAYER", help="only these layers", choices=CONFORM_LAYERS)
     p.add_argument("--max-examples", type=int, help="generated examples per layer (default: each check's)")
+    p.add_argument("--thorough", action="store_true", help="ten times the examples (for a release)")
     p.add_argument("--json", action="store_true", help="the rows and failure reports as JSON")
     p.set_defaults(func=cmd_conform)
     return ap

@@ -32,6 +32,7 @@ Needs Hypothesis (pip install 'mindref[test]'); mindref's model code does not.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -99,11 +100,19 @@ STATEFUL = ("the same input gives different outputs from call to call: a fresh r
             "calls (DeepMatch #105: logits kept from the last batch); decisions.md §3")
 
 
+PROFILES = {"ci": 1, "thorough": 10}  # MINDREF_CONFORMANCE=thorough: ten times the examples, for releases
+
+
 def _run(layer: str, title: str, cases, compare: Callable, max_examples: int,
          diagnose: Callable | None = None) -> int:
     """Run compare on generated cases; on a failure raise ConformanceError with the minimal one and,
-    for a difference, diagnose(inputs) (the variants that reproduce the port)."""
+    for a difference, diagnose(inputs) (the variants that reproduce the port). Returns the number
+    of examples run."""
     hypothesis, _ = _hypothesis()
+    profile = os.environ.get("MINDREF_CONFORMANCE", "ci")
+    if profile not in PROFILES:
+        raise ConformanceError(f"MINDREF_CONFORMANCE={profile!r}: one of {', '.join(PROFILES)}", layer, "kit")
+    max_examples *= PROFILES[profile]
     from hypothesis.errors import FlakyFailure
 
     @hypothesis.settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,

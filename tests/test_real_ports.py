@@ -89,4 +89,5 @@ def test_a_port_with_deepmatch_conventions_is_diagnosed_layer_by_layer():
 def test_torch_rechub_routing_passes_once_its_conventions_are_declared():
     """Its choices are all in the catalogue: declared, the real code matches mindref's variant."""
     declared = {"padding": "mass", "updates": "first-2", "squash": "1e-9"}
-    assert C.check_routing(rechub_routing, softmax_axis="behaviours", conventions=declared, max_examples=60) == 60
+    assert C.check_routing(rechub_routing, softmax_axis="behaviours", conventions=declared,
+                           max_examples=60) == 60
