@@ -166,6 +166,16 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def subset(work: Path, n: int | None) -> str:
+    """users.parquet, or its first n users as users-<n>.parquet (1,024-row row groups)."""
+    if n is None:
+        return "users.parquet"
+    import pyarrow.parquet as pq
+    name = f"users-{n}.parquet"
+    pq.write_table(pq.read_table(work / "users.parquet").slice(0, n), work / name, row_group_size=1024)
+    return name
+
+
 def recall(work: Path, a: str, b: str, n: int = 50) -> float:
     import pyarrow.parquet as pq
 
@@ -181,6 +191,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--only", nargs="*", help="only these runs (e.g. ray-2-workers), with --skip-build")
+    ap.add_argument("--engine-users", type=int, help="the engine runs on the first N users only "
+                                                     "(default: every user)")
     args = ap.parse_args()
     global ONLY
     ONLY = args.only
@@ -195,9 +207,10 @@ def main() -> None:
         recalls = {f"{s}_recall@50_vs_exact": round(recall(args.work, "search-exact", f"search-{s}"), 4)
                    for s in ("annoy", "onnx")}
         print(json.dumps(recalls), flush=True)
-    rows = [run(args.work, "local-1-thread", "users.parquet", 1, "--engine", "local", "--search", "onnx"),
-            run(args.work, "local-2-threads", "users.parquet", 2, "--engine", "local", "--search", "onnx"),
-            run(args.work, "ray-2-workers", "users.parquet", 1, "--engine", "ray", "--workers", "2",
+    users = subset(args.work, args.engine_users)
+    rows = [run(args.work, "local-1-thread", users, 1, "--engine", "local", "--search", "onnx"),
+            run(args.work, "local-2-threads", users, 2, "--engine", "local", "--search", "onnx"),
+            run(args.work, "ray-2-workers", users, 1, "--engine", "ray", "--workers", "2",
                 "--search", "onnx")]
     if None in rows:
         return

@@ -7,7 +7,9 @@ One table: for each provider (cpu, and cuda when it really loads) and batch size
 user tower, of the top-n graph (Eq. 3 over every item, history excluded, top 50) and of both; then
 CUDA vs CPU parity, max |difference| of the interests and of the top-50 scores (bar: 1e-4) and the
 share of top-50 ids that agree. Without CUDA the parity part is skipped with a line saying so.
-Needs onnxruntime-gpu (and CUDA 12 / cuDNN 9 libraries) for the CUDA rows; runs in under 5 minutes.
+Needs onnxruntime-gpu (`pip install 'mindref[export-gpu]'`, and the CUDA libraries its build
+names: `python -c "from mindref.export.runtime import cuda_needs; print(cuda_needs())"`) for the
+CUDA rows; runs in under 5 minutes.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def make_session(model: bytes | str, provider: str = "auto", threads: int | None
     shared: arrays for the graph's external initializers, used in place (not copied: they may be
     memory-mapped, mindref.export.arrays); folder: where a graph given as bytes has its external
     data. prepack=False keeps onnxruntime from copying a constant MatMul operand into its own
-    packed layout (a second copy of the catalogue; measured ~2% slower top-n, docs/scaling.md)."""
+    packed layout (a second, private copy of the catalogue per worker; export/topn.py)."""
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
     options = ort.SessionOptions()
@@ -59,7 +59,7 @@ def make_session(model: bytes | str, provider: str = "auto", threads: int | None
     if provider == "cpu" or _CUDA not in ort.get_available_providers():
         if provider == "cuda":
             raise RuntimeError("provider 'cuda': this onnxruntime has no CUDA provider "
-                               "(install onnxruntime-gpu)")
+                               "(pip install 'mindref[export-gpu]' in an environment without onnxruntime)")
         return _holding(ort.InferenceSession(model, options, providers=[_CPU]), values)
     ort.set_default_logger_severity(4)  # the failed CUDA load is expected on CPU-only machines
     try:
@@ -67,9 +67,22 @@ def make_session(model: bytes | str, provider: str = "auto", threads: int | None
     finally:
         ort.set_default_logger_severity(_DEFAULT_SEVERITY)
     if provider == "cuda" and _CUDA not in session.get_providers():
-        raise RuntimeError("provider 'cuda': the CUDA provider did not load (CUDA 12 and cuDNN 9 libraries "
-                           "are needed); use provider 'auto' or 'cpu'")
+        raise RuntimeError(f"provider 'cuda': the CUDA provider did not load ({cuda_needs()}); use "
+                           "provider 'auto' or 'cpu'")
     return _holding(session, values)
+
+
+def cuda_needs() -> str:
+    """The CUDA libraries this onnxruntime build was made for, as its package records them."""
+    try:
+        from onnxruntime.capi import build_and_package_info as info
+    except ImportError:
+        return "the CUDA and cuDNN libraries of this onnxruntime build are needed"
+    cuda, cudnn = getattr(info, "cuda_version", None), getattr(info, "cudnn_version", None)
+    if not cuda:
+        return "this onnxruntime was not built with CUDA"
+    libraries = f"CUDA {cuda}" + (f" and cuDNN {cudnn}" if cudnn else " and its cuDNN")
+    return f"onnxruntime {ort.__version__} needs the {libraries} libraries"
 
 
 def _holding(session: ort.InferenceSession, values: dict) -> ort.InferenceSession:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -143,32 +144,49 @@ def describe(bundle: Bundle, item: int) -> str:
     return f"{label}  [{', '.join(values)}]" if values else label
 
 
-def explain(bundle: Bundle, history: list, profile: list | None = None, n: int = 10,
-            behaviours: int = 6) -> str:
-    """One user's interests in plain text: per capsule, the behaviours routed to it (each behaviour
-    listed under the capsule that took most of its routing weight, Eq. 5) and the retrieved items
-    whose Eq. (3) max it won."""
+class Explanation(NamedTuple):
+    """One user's interests: what `explain` prints and `explain --plot` draws."""
+
+    behaviours: list  # [n_u] labels of the behaviours the tower routed (the latest L)
+    weights: np.ndarray  # [K'_u, n_u] routing weights w_ij of the last iteration (Eq. 5)
+    owner: np.ndarray  # [n_u] the interest that took most of each behaviour's weight
+    retrieved: list  # per interest: [(rank, score, label)] of the top-n items it won (Eq. 3)
+    K: int
+
+
+def explanation(bundle: Bundle, history: list, profile: list | None = None, n: int = 10) -> Explanation:
     hist, seen, prof = encode(bundle, [history], [profile] if profile else None)
     out = bundle.tower.run(hist, prof)
     top = bundle.retriever.retrieve(out.interests, out.mask, seen, n, exact=True)[0]
     valid = np.flatnonzero(hist[0])
-    w = out.weights[0][:, valid]  # [K, n_u]
-    owner = np.where(out.mask[0][:, None], w, -1).argmax(0)  # [n_u] the capsule of each behaviour
-    K_u, cfg = int(out.mask[0].sum()), bundle.cfg
-    lines = [f"{len(valid)} behaviours -> K'u = {K_u} of K = {cfg.K} interests "
-             f"(K'u = max(1, min(K, floor(log2 {len(valid)}))), Eq. 9)"]
+    K_u = int(out.mask[0].sum())
+    w = out.weights[0][:K_u, valid]  # [K'_u, n_u]
+    retrieved = [[(int(r) + 1, float(top.scores[r]), describe(bundle, int(top.items[r])))
+                  for r in np.flatnonzero(top.interests == k)] for k in range(K_u)]
+    return Explanation([describe(bundle, int(hist[0, i])) for i in valid], w, w.argmax(0), retrieved,
+                       bundle.cfg.K)
+
+
+def explain(bundle: Bundle, history: list, profile: list | None = None, n: int = 10,
+            behaviours: int = 6) -> str:
+    """One user's interests in plain text: per capsule, the behaviours routed to it (each behaviour
+    listed under the capsule that took most of its routing weight, Eq. 5) and the retrieved items
+    whose Eq. (3) max it won. Interests count from 0, as in every output."""
+    x = explanation(bundle, history, profile, n)
+    K_u, n_u = x.weights.shape
+    lines = [f"{n_u} behaviours -> K'u = {K_u} of K = {x.K} interests "
+             f"(K'u = max(1, min(K, floor(log2 {n_u}))), Eq. 9)"]
     for k in range(K_u):
-        mine = np.flatnonzero(owner == k)
-        won = np.flatnonzero(top.interests == k)
-        lines += ["", f"interest {k + 1}: {len(mine)} behaviours routed here, wins {len(won)} of the top {n}",
-                  "  routed behaviours (routing weight w_ij)"]
-        for i in mine[np.argsort(-w[k, mine])][:behaviours]:
-            lines.append(f"    {w[k, i]:5.2f}  {describe(bundle, int(hist[0, valid[i]]))}")
+        mine = np.flatnonzero(x.owner == k)
+        lines += ["", f"interest {k}: {len(mine)} behaviours routed here, wins {len(x.retrieved[k])} of the "
+                      f"top {n}", "  routed behaviours (routing weight w_ij)"]
+        for i in mine[np.argsort(-x.weights[k, mine])][:behaviours]:
+            lines.append(f"    {x.weights[k, i]:5.2f}  {x.behaviours[i]}")
         if len(mine) > behaviours:
             lines.append(f"    ... and {len(mine) - behaviours} more")
         lines.append("  retrieved (rank, Eq. 3 score)")
-        for r in won:
-            lines.append(f"    #{r + 1:<3d} {top.scores[r]:6.2f}  {describe(bundle, int(top.items[r]))}")
-        if not len(won):
+        for rank, score, label in x.retrieved[k]:
+            lines.append(f"    #{rank:<3d} {score:6.2f}  {label}")
+        if not x.retrieved[k]:
             lines.append("    (none: other interests score every top item higher)")
     return "\n".join(lines)

@@ -9,16 +9,21 @@
                                                 last item left (history covering the catalogue)
              interest       int64 [B, n]        the k whose e_i . v_k is the max
 
-The item vectors E [V, d] are an initializer. The graph: scores of every interest against every
-item (one Gemm over [B K, d] x [d, V]), the max over valid k (Eq. 3), the history and the padding
-id 0 scattered to -inf, TopK, and the arg max over k of the n items found only (ArgMax keeps the
-first, lowest k, as NumPy's argmax). A masked interest (k >= K'_u; it may hold a non-zero vector)
-is replaced, before the Gemm, by interest 0, which is always valid (K'_u >= 1): a copy can neither
-raise the max nor win the arg max, since equal values go to the lower k. Masking the [B, K, V]
-scores instead (Where, or adding a -inf bias) took 3.4x and 1.2x the Gemm's own time in
-onnxruntime, on [B, K, d] it is free. Every row of interest_mask must hold interest 0 (TopNSession
-checks). A row whose entries
-are all -inf (n larger than what is left) is trimmed by the caller (TopNSession).
+The item vectors E [V, d] are an initializer. The graph: scores of every item against every
+interest, items major (one MatMul E [V, d] x [d, K B], the interests k-major), the max over k
+(Eq. 3) on [V, K, B], transposed to [B, V], the history and the padding id 0 scattered to -inf,
+TopK, and the arg max over k of the n items found only, from their vectors (Gather) against the
+K interests (ArgMax keeps the first, lowest k, as NumPy's argmax). A masked interest (k >= K'_u;
+it may hold a non-zero vector) is replaced, before the MatMul, by interest 0, which is always
+valid (K'_u >= 1): a copy can neither raise the max nor win the arg max, since equal values go to
+the lower k. Every row of interest_mask must hold interest 0 (TopNSession checks). A row whose
+entries are all -inf (n larger than what is left) is trimmed by the caller (TopNSession).
+
+Measured choices (bench/topn_profile.py, docs/scaling.md): with E as the MatMul's first operand,
+onnxruntime streams it as it lies, so the catalogue needs no packed copy per worker and stays
+shared (export/arrays.py); the earlier form, a Gemm of the interests against E transposed, ran
+20% slower at one thread unless onnxruntime prepacked E into a private copy. Masking the
+[B, K, V] scores instead of replacing masked interests took 1.2x to 3.4x the product's own time.
 
 In a bundle the initializer is always ONNX external data pointing into the bundle's
 item_vectors.npy at its data offset: the vectors are stored once, the graph file stays small, and
@@ -54,10 +59,9 @@ def build_topn(E: np.ndarray, K: int, external_above: int = EXTERNAL_ABOVE,
         point_into(items, VECTORS_FILE, npy_offset)
     else:
         items = numpy_helper.from_array(np.ascontiguousarray(E, np.float32), "item_vectors")
-    consts = [numpy_helper.from_array(np.array([-1, d], np.int64), "flat_shape"),
-              numpy_helper.from_array(np.array([-1, K, V], np.int64), "scores_shape"),
+    consts = [numpy_helper.from_array(np.array([d, -1], np.int64), "by_dim"),
+              numpy_helper.from_array(np.array([V, K, -1], np.int64), "scores_shape"),
               numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf"),
-              numpy_helper.from_array(np.array([1, K, 1], np.int64), "per_interest"),
               numpy_helper.from_array(np.array([2], np.int64), "axis_2"),
               numpy_helper.from_array(np.array([0], np.int64), "start"),
               numpy_helper.from_array(np.array([1], np.int64), "one")]
@@ -68,10 +72,12 @@ def build_topn(E: np.ndarray, K: int, external_above: int = EXTERNAL_ABOVE,
         node("Unsqueeze", ["interest_mask", "axis_2"], ["mask3"]),  # [B, K, 1]
         node("Slice", ["interests", "start", "one", "one"], ["first_interest"]),  # [B, 1, d]
         node("Where", ["mask3", "interests", "first_interest"], ["valid"]),  # [B, K, d]
-        node("Reshape", ["valid", "flat_shape"], ["v_flat"]),  # [B K, d]
-        node("Gemm", ["v_flat", "item_vectors"], ["s_flat"], transB=1),  # [B K, V]: e_i . v_k
-        node("Reshape", ["s_flat", "scores_shape"], ["s_masked"]),  # [B, K, V]
-        node("ReduceMax", ["s_masked", "one"], ["best"], keepdims=0),  # [B, V]  Eq. (3)
+        node("Transpose", ["valid"], ["valid_t"], perm=[2, 1, 0]),  # [d, K, B]
+        node("Reshape", ["valid_t", "by_dim"], ["v_t"]),  # [d, K B], k-major
+        node("MatMul", ["item_vectors", "v_t"], ["s_flat"]),  # [V, K B]: e_i . v_k
+        node("Reshape", ["s_flat", "scores_shape"], ["s3"]),  # [V, K, B]
+        node("ReduceMax", ["s3", "one"], ["best_t"], keepdims=0),  # [V, B]  Eq. (3)
+        node("Transpose", ["best_t"], ["best"], perm=[1, 0]),  # [B, V]
         node("Slice", ["history", "start", "one", "one"], ["first"]),  # [B, 1]
         node("Mul", ["first", "start"], ["padding"]),  # [B, 1] zeros: the padding id 0, always excluded
         node("Concat", ["history", "padding"], ["excluded"], axis=1),  # [B, H + 1]
@@ -79,11 +85,11 @@ def build_topn(E: np.ndarray, K: int, external_above: int = EXTERNAL_ABOVE,
         node("Expand", ["minus_inf", "excluded_shape"], ["minus_infs"]),  # [B, H + 1]
         node("ScatterElements", ["best", "excluded", "minus_infs"], ["left"], axis=1),  # [B, V]
         node("TopK", ["left", "n"], ["scores", "items"], axis=1, largest=1, sorted=1),  # [B, n]
-        # the winning interest of the n items only: arg max over k of their [B, K, n] scores
-        node("Unsqueeze", ["items", "one"], ["items3"]),  # [B, 1, n]
-        node("Expand", ["items3", "per_interest"], ["items_k"]),  # [B, K, n]
-        node("GatherElements", ["s_masked", "items_k"], ["s_top"], axis=2),  # [B, K, n]
-        node("ArgMax", ["s_top"], ["interest"], axis=1, keepdims=0),  # [B, n] first max: lowest k
+        # the winning interest of the n items only: their vectors against the K interests
+        node("Gather", ["item_vectors", "items"], ["e_top"]),  # [B, n, d]
+        node("Transpose", ["valid"], ["valid_by_k"], perm=[0, 2, 1]),  # [B, d, K]
+        node("MatMul", ["e_top", "valid_by_k"], ["s_top"]),  # [B, n, K]
+        node("ArgMax", ["s_top"], ["interest"], axis=2, keepdims=0),  # [B, n] first max: lowest k
     ]
     inputs = [helper.make_tensor_value_info("interests", f32, ["B", K, d]),
               helper.make_tensor_value_info("interest_mask", TensorProto.BOOL, ["B", K]),
@@ -107,8 +113,8 @@ class TopNSession:
 
     def __init__(self, model: bytes | str, V: int, K: int, provider: str = "auto", threads: int | None = None,
                  budget: int = 2**28, **external):
-        """external: make_session's `shared` and `folder` (a graph with external data). The item
-        vectors are used unpacked, so that a memory-mapped catalogue is not copied."""
+        """external: make_session's `shared` and `folder` (a graph with external data). Prepacking
+        stays off: the MatMul reads the (memory-mapped, shared) catalogue where it lies."""
         self.session: ort.InferenceSession = make_session(model, provider, threads, prepack=False, **external)
         self.V, self.chunk = V, max(1, budget // (4 * K * V))
 

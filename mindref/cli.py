@@ -341,9 +341,11 @@ def cmd_retrieve(args) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
+    print(f"{'rank':>4}  {'score':>8}  {'interest':>8}  {'item':>8}  title   (interests count from 0, as in "
+          "--json)")
     for rank, (item, score, k) in enumerate(zip(res["items"], res["scores"], res["interest"]), 1):
         label = export.describe(bundle, bundle.item_id(item))
-        print(f"{rank:>4d}  {score:8.3f}  interest {k + 1}  {item:>8}  {label}")
+        print(f"{rank:>4d}  {score:8.3f}  {k:>8d}  {item:>8}  {label}")
     return 0
 
 
@@ -410,7 +412,7 @@ def cmd_conform(args) -> int:
         from . import conformance
         rows = conformance.run_adapter(adapter, args.only, args.max_examples)
     except ImportError as err:
-        raise OSError(f"{err} (the kit needs Hypothesis: pip install 'mindref[test]')"
+        raise OSError(f"{err} (the kit needs Hypothesis: pip install 'mindref[conformance]')"
                       if err.name == "hypothesis" else f"adapter {spec!r}: {err}") from None
     except AttributeError:
         raise ValueError(f"adapter {spec!r}: {module_name} has no {class_name}") from None
@@ -430,7 +432,16 @@ def cmd_conform(args) -> int:
 def cmd_explain(args) -> int:
     export = _serving()
     bundle = _bundle(args)
-    print(export.explain(bundle, _split_ids(args.history), _split_ids(args.profile) or None, args.n))
+    history, profile = _split_ids(args.history), _split_ids(args.profile) or None
+    if args.plot:
+        from .export import plots
+        plots.pyplot()  # before any work: a missing matplotlib says how to install it
+        check_output(args.plot, {"--bundle": args.bundle})
+        x = export.explanation(bundle, history, profile, args.n)
+        drawn = plots.explain_figure(x, args.plot)
+        print(f"{drawn}: routing weights of {x.weights.shape[1]} behaviours over {x.weights.shape[0]} "
+              "interests", file=sys.stderr)
+    print(export.explain(bundle, history, profile, args.n))
     return 0
 
 
@@ -522,6 +533,9 @@ def parser() -> argparse.ArgumentParser:
                        help="Annoy candidates per interest: oversample * n")
         p.add_argument("--search-k", type=int, default=-1, help="Annoy search_k (-1: trees*n)")
         p.set_defaults(func=cmd_retrieve if name == "retrieve" else cmd_explain)
+        if name == "explain":
+            p.add_argument("--plot", type=Path, help="also draw the routing weights and retrieved items "
+                                                     "to this PNG (needs the plots extra: matplotlib)")
         if name == "retrieve":
             p.add_argument("--users", type=Path, help='JSON lines {"user":..,"history":[..],"profile":[..]}')
             p.add_argument("--out", type=Path, help="JSON lines of results (with --users)")

@@ -28,7 +28,9 @@ Signatures expected (B batch, L behaviours, K interests, d size; masks are bool)
     make_tower(params, cfg, item_fields) -> tower(hist [B, L] int, profile [B, P] int)
                                           -> (V [B, K, d], mask [B, K])
 
-Needs Hypothesis (pip install 'mindref[test]'); mindref's model code does not.
+Needs Hypothesis (pip install 'mindref[conformance]'); mindref's model code does not. The guide,
+with the catalogue of mistakes the kit names and a whole-port runner (`mindref conform`):
+docs/conformance.md.
 """
 from __future__ import annotations
 
@@ -91,7 +93,8 @@ def _hypothesis():
         import hypothesis
         from hypothesis import strategies as st
     except ImportError:
-        raise ImportError("mindref.conformance needs Hypothesis: pip install 'mindref[test]'") from None
+        raise ImportError("mindref.conformance needs Hypothesis: "
+                          "pip install 'mindref[conformance]'") from None
     return hypothesis, st
 
 
@@ -318,8 +321,8 @@ def check_pooling(pooling: Callable, rtol: float | None = None, atol: float | No
 def check_sampled_softmax(loss: Callable, vjp: Callable | None = None, rtol: float | None = None,
                           atol: float | None = None, max_examples: int = 100, conventions: dict | None = None,
                           temperature: float = 1.0, precision: str = "float64") -> int:
-    """loss(v [B, d], e_pos [B, d], e_neg [S, d], pos_ids [B], neg_ids [S], log_q_pos [B],
-    log_q_neg [S]) -> the mean over the batch of -log softmax(o)_pos, o = v . e - log Q, with a
+    """loss(v [B, d], e_pos [B, d], e_neg [N, d], pos_ids [B], neg_ids [N], log_q_pos [B],
+    log_q_neg [N]) -> the mean over the batch of -log softmax(o)_pos, o = v . e - log Q, with a
     sampled negative equal to the row's positive removed (its logit -inf, no mass);
     vjp(..., dloss) -> (dv, de_pos, de_neg). conventions (mindref.diagnosis.SWITCHES
     ['sampled_softmax']): e.g. {"logq": "ignored", "hits": "kept", "reduce": "sum"}, or

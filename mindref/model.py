@@ -189,7 +189,7 @@ class LossCache(NamedTuple):
     items: ItemCache  # f_item over the distinct items of behaviours, targets and negatives
     e_distinct: np.ndarray  # [n, d]
     S: np.ndarray  # [d, d]
-    inverse: np.ndarray  # [B L + B + S] position of each id among the distinct ones
+    inverse: np.ndarray  # [B L + B + N] position of each id among the distinct ones
     tower: TowerCache
     att: attention.AttentionCache | None  # None with attention='max'
     loss: sampled_softmax.SampledSoftmaxCache | max_score_loss.MaxScoreCache
@@ -199,11 +199,11 @@ def loss_forward(params: dict, cfg: MINDConfig, item_fields: tuple, batch: Batch
                  neg_ids: np.ndarray, log_q: tuple | None) -> tuple[float, LossCache]:
     """The training loss for fixed random draws (routing logits b0, negatives neg_ids)."""
     B, L = batch.hist.shape
-    ids = np.concatenate([batch.hist.reshape(-1), batch.target, neg_ids])  # [B L + B + S]
+    ids = np.concatenate([batch.hist.reshape(-1), batch.target, neg_ids])  # [B L + B + N]
     e_d, e_hat_d, icache, inverse = distinct_items(params, item_fields, ids, cfg.num_items)
     e_hat = e_hat_d[inverse[: B * L]].reshape(B, L, -1)  # [B, L, d]  S e_i, Eq. (8)
-    e_other = e_d[inverse[B * L:]]  # [B + S, d]
-    e_t, e_n = e_other[:B], e_other[B:]  # [B, d], [S, d]
+    e_other = e_d[inverse[B * L:]]  # [B + N, d]
+    e_t, e_n = e_other[:B], e_other[B:]  # [B, d], [N, d]
     V, tcache = user_tower_forward(params, cfg, e_hat, batch.hist != 0, batch.profile, b0)
     lq_pos, lq_neg = log_q if log_q is not None else (None, None)
     if cfg.attention == "max":  # every candidate scored by Eq. (3)
@@ -228,7 +228,7 @@ def loss_backward(cache: LossCache) -> dict:
     d, n, BL = de_hat.shape[-1], cache.e_distinct.shape[0], de_hat.shape[0] * de_hat.shape[1]
     de_hat_d = segment_sum(cache.inverse[:BL], de_hat.reshape(BL, d), n)  # [n, d] per item
     grads["S"] = de_hat_d.T @ cache.e_distinct  # [d, d]   through S e_i
-    de_other = np.concatenate([de_t + de_att, de_n])  # [B + S, d] targets, negatives
+    de_other = np.concatenate([de_t + de_att, de_n])  # [B + N, d] targets, negatives
     de_d = de_hat_d @ cache.S + segment_sum(cache.inverse[BL:], de_other, n)  # [n, d]
     grads.update(item_backward(de_d, cache.items))
     return grads
@@ -236,7 +236,7 @@ def loss_backward(cache: LossCache) -> dict:
 
 def train_draws(rng: np.random.Generator, cfg: MINDConfig, batch: Batch, sampler: Sampler,
                 num_neg: int, dtype) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """The random inputs of one training step: b0 [B, K, L], negatives [S], their log Q."""
+    """The random inputs of one training step: b0 [B, K, L], negatives [N], their log Q."""
     b0 = routing.init_logits(rng, (batch.hist.shape[0], cfg.K, batch.hist.shape[1]), cfg.sigma, dtype)
     neg = sampler.sample(rng, num_neg)
     log_q = (sampler.log_expected_count(batch.target, num_neg).astype(dtype),

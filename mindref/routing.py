@@ -7,19 +7,21 @@ Behaviours e_i (i in I_u, padded to L) are routed to K interest capsules u_j:
         w_ij = softmax(b_ij)                              Eq. (5), axis: see below
         z_j  = sum_i w_ij S e_i                           Eq. (6)
         u_j  = squash(z_j)                                Eq. (7)
-        b_ij <- b_ij + u_j^T S e_i   (not after the last) Eq. (8)
+        b_ij <- b_ij + u_j^T S e_i   (not after the last) Algorithm 1, Eq. (8)'s logit
 
 with one bilinear map S [d x d] shared by every (behaviour, interest) pair (3.3.2, item 1) and
-K'_u = max(1, min(K, floor(log2 |I_u|))) capsules per user (Eq. (9)); capsules beyond K'_u are
-zero. Padded behaviours get weight exactly 0 and cannot change any output.
+K'_u = max(1, min(K, floor(log2 |I_u|))) capsules per user (Eq. (9); the floor is ours: the
+paper prints log2 |I_u|); capsules beyond K'_u are zero. Padded behaviours get weight exactly 0
+and cannot change any output.
 
 Decisions (docs/spec.md):
 - softmax axis: the note prints w_ij = exp b_ij / sum_{k=1..m} exp b_ik, ambiguous. Default
   'interests' (each behaviour distributes itself over the capsules, as in the original capsule
   routing, ComiRec and EasyRec); 'behaviours' normalises each capsule over the behaviours.
-- gradient mode: 'full' differentiates through every iteration (the function as written);
-  'stop' treats the logit updates as constants, so gradients flow only through the last
-  iteration's z_j with its weights w_ij frozen, as every public implementation does.
+- gradient mode: 'stop', the mode the model trains with (MINDConfig.grad_mode), treats the
+  logit updates as constants, so gradients flow only through the last iteration's z_j with its
+  weights w_ij frozen, as every public implementation does; 'full' differentiates through every
+  iteration (the function as written; the functions' default here, for the gradient checks).
 """
 from __future__ import annotations
 

@@ -3,12 +3,12 @@
     Pr(i | u) = exp(v_u^T e_i) / sum_{j in I} exp(v_u^T e_j)          Eq. (10)
     L = - sum_{(u, i) in D} log Pr(i | u)                              Eq. (11)
 
-The sum over all items I is replaced by the positive plus S negatives y_1..y_S drawn once per
+The sum over all items I is replaced by the positive plus N negatives y_1..y_N drawn once per
 batch from a sampler Q (samplers.py):
 
     o_pos = v_u^T e_i   - log Q(i)          (logQ correction, optional)
     o_s   = v_u^T e_y_s - log Q(y_s)        o_s = -inf where y_s == i (accidental hit removed)
-    loss  = mean over the batch of  -o_pos + logsumexp(o_pos, o_1..o_S)
+    loss  = mean over the batch of  -o_pos + logsumexp(o_pos, o_1..o_N)
 
 The mean (not Eq. (11)'s sum) keeps the step size independent of the batch size.
 full_softmax_* is Eq. (10) exactly, for small catalogs and as the oracle in tests.
@@ -25,9 +25,9 @@ from .softmax import masked_log_softmax
 class SampledSoftmaxCache(NamedTuple):
     v: np.ndarray  # [B, d]
     e_pos: np.ndarray  # [B, d]
-    e_neg: np.ndarray  # [S, d]
+    e_neg: np.ndarray  # [N, d]
     prob_pos: np.ndarray  # [B]     softmax mass of the positive
-    prob_neg: np.ndarray  # [B, S]  of each negative; 0 on removed hits
+    prob_neg: np.ndarray  # [B, N]  of each negative; 0 on removed hits
 
 
 def sampled_softmax_forward(
@@ -40,8 +40,8 @@ def sampled_softmax_forward(
     log_q_neg: np.ndarray | None = None,
     remove_accidental_hits: bool = True,
 ) -> tuple[float, SampledSoftmaxCache]:
-    """Mean sampled-softmax loss.  v, e_pos [B, d]; e_neg [S, d]; pos_ids [B]; neg_ids [S];
-    log_q_pos [B], log_q_neg [S]: log expected counts (None: no logQ correction)."""
+    """Mean sampled-softmax loss.  v, e_pos [B, d]; e_neg [N, d]; pos_ids [B]; neg_ids [N];
+    log_q_pos [B], log_q_neg [N]: log expected counts (None: no logQ correction)."""
     B, d = v.shape
     if e_pos.shape != (B, d) or e_neg.ndim != 2 or e_neg.shape[1] != d:
         raise ValueError(f"sampled softmax: v {v.shape}, e_pos {e_pos.shape}, e_neg {e_neg.shape}")
@@ -50,7 +50,7 @@ def sampled_softmax_forward(
     if (log_q_pos is None) != (log_q_neg is None):
         raise ValueError("sampled softmax: give both log_q_pos and log_q_neg, or neither")
     o_pos = np.sum(v * e_pos, axis=1)  # [B]
-    o_neg = v @ e_neg.T  # [B, S]
+    o_neg = v @ e_neg.T  # [B, N]
     loss, prob_pos, prob_neg = candidate_softmax(o_pos, o_neg, pos_ids, neg_ids, log_q_pos, log_q_neg,
                                                  remove_accidental_hits)
     return loss, SampledSoftmaxCache(v, e_pos, e_neg, prob_pos, prob_neg)
@@ -59,9 +59,9 @@ def sampled_softmax_forward(
 def candidate_softmax(o_pos: np.ndarray, o_neg: np.ndarray, pos_ids: np.ndarray, neg_ids: np.ndarray,
                       log_q_pos: np.ndarray | None = None, log_q_neg: np.ndarray | None = None,
                       remove_accidental_hits: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
-    """Mean -log softmax of the positive among (positive, S negatives), given their scores.
+    """Mean -log softmax of the positive among (positive, N negatives), given their scores.
 
-    o_pos [B], o_neg [B, S] (o_neg is overwritten). Returns (loss, prob_pos [B], prob_neg [B, S]).
+    o_pos [B], o_neg [B, N] (o_neg is overwritten). Returns (loss, prob_pos [B], prob_neg [B, N]).
     """
     if log_q_pos is not None:
         o_pos = o_pos - log_q_pos  # logQ correction
@@ -69,7 +69,7 @@ def candidate_softmax(o_pos: np.ndarray, o_neg: np.ndarray, pos_ids: np.ndarray,
     if remove_accidental_hits:
         np.putmask(o_neg, neg_ids[None, :] == pos_ids[:, None], -np.inf)  # hit: no mass
     m = np.maximum(o_pos, o_neg.max(axis=1))  # [B], finite: the positive is always kept
-    ex_neg = np.exp(np.subtract(o_neg, m[:, None], out=o_neg), out=o_neg)  # [B, S], in place
+    ex_neg = np.exp(np.subtract(o_neg, m[:, None], out=o_neg), out=o_neg)  # [B, N], in place
     ex_pos = np.exp(o_pos - m)  # [B]
     Z = ex_pos + ex_neg.sum(axis=1)  # [B]
     loss = np.mean(np.log(Z) - (o_pos - m))  # Eq. (11) as a mean of -log Pr(i|u), Eq. (10)
@@ -85,10 +85,10 @@ def sampled_softmax_backward(
     v, e_pos, e_neg, prob_pos, prob_neg = cache
     scale = dloss / v.shape[0]
     d_pos = (prob_pos - 1) * scale  # [B]     d(-log p_pos)/d o_pos = p_pos - 1
-    d_neg = prob_neg * scale  # [B, S]  d(-log p_pos)/d o_s = p_s
+    d_neg = prob_neg * scale  # [B, N]  d(-log p_pos)/d o_s = p_s
     dv = d_pos[:, None] * e_pos + d_neg @ e_neg  # [B, d]
     de_pos = d_pos[:, None] * v  # [B, d]
-    de_neg = d_neg.T @ v  # [S, d]
+    de_neg = d_neg.T @ v  # [N, d]
     return dv, de_pos, de_neg
 
 

@@ -31,7 +31,7 @@ class UniformSampler:
         self.num_items = num_items
 
     def sample(self, rng: np.random.Generator, num_sampled: int) -> np.ndarray:
-        return rng.integers(1, self.num_items, size=num_sampled, dtype=np.int64)  # [S]
+        return rng.integers(1, self.num_items, size=num_sampled, dtype=np.int64)  # [N]
 
     def log_expected_count(self, ids: np.ndarray, num_sampled: int) -> np.ndarray:
         return np.full(np.shape(ids), np.log(num_sampled / (self.num_items - 1)))
@@ -68,7 +68,7 @@ class LogUniformSampler:
         n = self.num_items - 1
         # inverse CDF: CDF(k) = log(k + 2) / log(n + 1) for rank k  =>  k = floor(exp(u log(n+1))) - 1
         ranks = np.floor(np.exp(rng.random(num_sampled) * np.log(n + 1))).astype(np.int64) - 1
-        return self.item_by_rank[np.clip(ranks, 0, n - 1)]  # [S]
+        return self.item_by_rank[np.clip(ranks, 0, n - 1)]  # [N]
 
     def log_expected_count(self, ids: np.ndarray, num_sampled: int) -> np.ndarray:
         return np.log(num_sampled) + self.log_p[self.rank_of[ids]]

@@ -103,7 +103,7 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
 
 def training_bytes(cfg: M.MINDConfig, batch_size: int, num_neg: int, itemsize: int = 4) -> int:
     """About how much memory training takes: each parameter four times (itself, its gradient and
-    Adam's two moments) and a step's largest activations ([B, K, L, d] routing, [B, K, S] scores)."""
+    Adam's two moments) and a step's largest activations ([B, K, L, d] routing, [B, K, N] scores)."""
     params = sum(int(np.prod(s)) for s in M.param_shapes(cfg).values())
     B, K, L, d = batch_size, cfg.K, cfg.max_len, cfg.dim
     activations = 8 * B * K * L * d + 6 * B * K * (num_neg + B)

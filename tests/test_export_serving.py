@@ -1,5 +1,7 @@
 """Bundles, multi-interest retrieval (Eq. 3 merge, Annoy vs exact) and the serving CLI."""
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -271,3 +273,30 @@ def test_cli_export_retrieve_explain(trained, tmp_path, capsys):
                  str(tmp_path / "bad.jsonl")]) == 2
     assert "line 2 (user 2): item 99999 is not in this bundle" in capsys.readouterr().err
     assert not (tmp_path / "bad.jsonl").exists() and not (tmp_path / ".bad.jsonl.part").exists()
+
+
+def test_retrieve_prints_a_header_and_interests_count_from_0_everywhere(trained, capsys):
+    bundle = str(trained[4] / "bundle")
+    assert main(["retrieve", "--bundle", bundle, "--history", ",".join(map(str, range(1, 20))), "-n", "9",
+                 "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert main(["retrieve", "--bundle", bundle, "--history", ",".join(map(str, range(1, 20))),
+                 "-n", "9"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:4] == ["rank", "score", "interest", "item"]
+    assert [int(r.split()[2]) for r in rows] == as_json["interest"]  # the same numbers, from 0
+
+
+def test_explain_plot_draws_the_routing_weights(trained, tmp_path, capsys, monkeypatch):
+    """`explain --plot`: a PNG of w_ij; without matplotlib, one line that names the extra."""
+    bundle = str(trained[4] / "bundle")
+    history = ",".join(map(str, range(1, 20)))
+    if importlib.util.find_spec("matplotlib") is None and os.environ.get("CI") != "true":
+        pytest.skip("needs matplotlib (the plots extra)")
+    png = tmp_path / "interests.png"
+    assert main(["explain", "--bundle", bundle, "--history", history, "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "routing weights of 19 behaviours over 4 interests" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    assert main(["explain", "--bundle", bundle, "--history", history, "--plot", str(tmp_path / "x.png")]) == 2
+    assert "pip install 'mindref[plots]'" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

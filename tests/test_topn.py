@@ -105,7 +105,7 @@ def test_large_catalogues_use_external_data_in_item_vectors_npy(tmp_path):
     """Over the threshold the graph's initializer points into item_vectors.npy (stored once); the
     graph file stays small, and both runtimes load it from the folder."""
     rng = np.random.default_rng(0)
-    E = rng.normal(size=(60, 32)).astype(np.float32)  # onnx's reference GatherElements takes <= 64 items
+    E = rng.normal(size=(60, 32)).astype(np.float32)
     E[0] = 0
     np.save(tmp_path / "item_vectors.npy", E)
     npy = (tmp_path / "item_vectors.npy").read_bytes()

@@ -1,0 +1,54 @@
+"""Pictures of a model, with matplotlib (the optional `plots` extra; mindref itself never needs it).
+
+    explain_figure   one user's routing weights w_ij (Eq. 5) as a heatmap, behaviours against
+                     interests, each interest's retrieved items beside its row (`explain --plot`):
+                     the picture the paper's interest visualisation stands for
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend; OSError with the install line without it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise OSError("pictures need matplotlib: pip install 'mindref[plots]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def explain_figure(x, path: Path, items: int = 5) -> Path:
+    """The routing weights of an Explanation (export/serve.py) as a heatmap [K'_u, behaviours],
+    behaviours sorted by the interest that owns them, with each interest's top retrieved items."""
+    plt = pyplot()
+    order = np.lexsort((-x.weights.max(0), x.owner))  # grouped by owner, strongest first
+    w = x.weights[:, order]  # [K'_u, n_u]
+    K_u, n_u = w.shape
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(4 + 0.3 * n_u + 5, 1.2 + 0.8 * K_u),
+                                   gridspec_kw={"width_ratios": [max(n_u, 2), 12]})
+    image = ax.imshow(w, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(range(K_u), [f"interest {k}" for k in range(K_u)])
+    ax.set_xticks(range(n_u), [_short(x.behaviours[i]) for i in order], rotation=70, ha="right", fontsize=7)
+    ax.set_title(f"routing weights w_ij (Eq. 5): {n_u} behaviours -> K'u = {K_u} of {x.K}", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    side.axis("off")
+    side.set_ylim(K_u - 0.5, -0.5)
+    for k in range(K_u):
+        found = x.retrieved[k][:items] or [(0, 0.0, "(wins none of the top items)")]
+        text = "\n".join(f"#{rank} {score:.2f} {_short(label, 40)}" if rank else label
+                         for rank, score, label in found)
+        side.text(0, k, text, va="center", fontsize=7, family="monospace")
+    side.set_title("retrieved items each interest won (rank, Eq. 3 score)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _short(label: str, width: int = 24) -> str:
+    return label if len(label) <= width else label[: width - 1] + "…"

@@ -1,0 +1,152 @@
+"""The docs as a site, opened in a real browser: docs/build_site.py builds it; headless Chromium
+(Debian's package, driven by Playwright) loads every page with no console error; every equation
+is MathML (no raw $$ left); every internal link and anchor resolves; a screenshot of the routing
+section is kept (MINDREF_ARTIFACTS, else the test's temporary folder).
+
+Needs the `docs` extra and a Chromium (`apt-get install chromium`; .ci/run installs both); without
+them the tests skip, except under CI=true, where they fail."""
+import functools
+import html.parser
+import http.server
+import importlib.util
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+MISSING = [m for m in ("mkdocs", "material", "mkdocstrings", "latex2mathml", "playwright")
+           if importlib.util.find_spec(m) is None] + ([] if CHROMIUM else ["chromium"])
+if MISSING and os.environ.get("CI") != "true":
+    pytest.skip(f"the site tests need {', '.join(MISSING)} (pip install -e '.[docs]', apt-get install "
+                "chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    assert not MISSING, f"CI must install {', '.join(MISSING)}"
+    spec = importlib.util.spec_from_file_location("build_site", ROOT / "docs" / "build_site.py")
+    build_site = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_site)
+    return build_site.build(tmp_path_factory.mktemp("site") / "site")
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    handler = functools.partial(_Quiet, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # loopback only
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def pages(site: Path) -> list[str]:
+    return sorted(str(p.relative_to(site)) for p in site.rglob("*.html") if p.name != "404.html")
+
+
+def test_every_page_loads_without_a_console_error(site, server, browser):
+    tab = browser.new_page()
+    errors = []
+    tab.on("console", lambda m: errors.append(f"{tab.url}: {m.text}") if m.type == "error" else None)
+    tab.on("pageerror", lambda e: errors.append(f"{tab.url}: {e}"))
+    for name in pages(site):
+        response = tab.goto(f"{server}/{name}")
+        assert response.ok, name
+        tab.wait_for_load_state("networkidle")
+    assert errors == []
+    assert "spec.html" in pages(site) and "api.html" in pages(site)
+
+
+def test_every_equation_is_rendered(site):
+    source = (ROOT / "docs" / "spec.md").read_text()
+    expected = len(re.findall(r"^\$\$", source, re.M))
+    built = (site / "spec.html").read_text()
+    assert expected >= 8 and len(re.findall(r'<math [^>]*display="block"', built)) == expected
+    for name in pages(site):
+        text = re.sub(r"<(pre|code)\b.*?</\1>", "", (site / name).read_text(), flags=re.S)
+        assert "$$" not in text and "\\(" not in text, name
+
+
+def test_every_internal_link_and_anchor_resolves(site):
+    anchors = {name: _ids(site / name) for name in pages(site)}
+    broken = []
+    for name in pages(site):
+        for href in _links(site / name):
+            if re.match(r"[a-z]+:|//|#$", href):
+                continue  # external, or the page itself
+            path, _, fragment = href.partition("#")
+            target = os.path.normpath(os.path.join(os.path.dirname(name), path)) if path else name
+            if (site / target).is_dir():
+                target = os.path.join(target, "index.html")
+            if not (site / target).is_file():
+                broken.append(f"{name}: {href} (no {target})")
+            elif fragment and target.endswith(".html") and fragment not in anchors.get(target, ()):
+                broken.append(f"{name}: {href} (no #{fragment})")
+    assert broken == []
+
+
+def test_code_references_link_to_their_definition(site):
+    spec = (site / "spec.html").read_text()
+    assert 'href="source/export/retrieval.py.html#eq3"' in spec  # `export/retrieval.py: eq3`
+    source = (site / "source" / "export" / "retrieval.py.html").read_text()
+    assert re.search(r'id="eq3"></span><span id="L\d+"></span>def eq3\(', source)
+
+
+def test_a_screenshot_of_the_routing_section(server, browser, tmp_path):
+    folder = Path(os.environ.get("MINDREF_ARTIFACTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    tab = browser.new_page(viewport={"width": 1300, "height": 1000})
+    tab.goto(f"{server}/spec.html")
+    heading = tab.locator("h2", has_text="B2I dynamic routing")
+    heading.scroll_into_view_if_needed()
+    equation = tab.locator("math").nth(3)
+    box = equation.bounding_box()
+    assert box is not None and box["height"] > 10 and box["width"] > 100  # drawn, not raw text
+    shot = folder / "routing.png"
+    tab.screenshot(path=str(shot))
+    assert shot.stat().st_size > 20_000
+
+
+class _Parser(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.hrefs = set(), []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id"):
+            self.ids.add(attrs["id"])
+        if tag == "a" and attrs.get("href"):
+            self.hrefs.append(attrs["href"])
+
+
+def _parse(path: Path) -> _Parser:
+    parser = _Parser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def _ids(path: Path) -> set:
+    return _parse(path).ids
+
+
+def _links(path: Path) -> list:
+    return _parse(path).hrefs
