@@ -89,7 +89,11 @@ def build_topn(E: np.ndarray, K: int, external_above: int = EXTERNAL_ABOVE,
         node("Gather", ["item_vectors", "items"], ["e_top"]),  # [B, n, d]
         node("Transpose", ["valid"], ["valid_by_k"], perm=[0, 2, 1]),  # [B, d, K]
         node("MatMul", ["e_top", "valid_by_k"], ["s_top"]),  # [B, n, K]
-        node("ArgMax", ["s_top"], ["interest"], axis=2, keepdims=0),  # [B, n] first max: lowest k
+        # the copies of interest 0 in masked slots may differ from it in the last bit here (this
+        # small product's kernel need not round every column alike): they are masked outright
+        node("Unsqueeze", ["interest_mask", "one"], ["mask_by_k"]),  # [B, 1, K]
+        node("Where", ["mask_by_k", "s_top", "minus_inf"], ["s_valid"]),  # [B, n, K]
+        node("ArgMax", ["s_valid"], ["interest"], axis=2, keepdims=0),  # [B, n] first max: lowest k
     ]
     inputs = [helper.make_tensor_value_info("interests", f32, ["B", K, d]),
               helper.make_tensor_value_info("interest_mask", TensorProto.BOOL, ["B", K]),

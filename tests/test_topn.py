@@ -124,3 +124,18 @@ def test_large_catalogues_use_external_data_in_item_vectors_npy(tmp_path):
     assert_same(want, *out, E, V_u, mask)
     with pytest.raises(ValueError, match="offset"):
         build_topn(E, 2, external_above=1000)
+
+
+def test_a_masked_copy_of_interest_0_never_wins_by_a_rounding():
+    """Found by CI: the masked slots hold copies of interest 0, and the small product that picks
+    the winning interest may round a copy one bit above the original; the graph masks them."""
+    E = np.array([[0, 0, 0], [-0.5181977, -2.5899334, -0.00492276], [0.22407474, -0.5567026, 0.10075444]],
+                 np.float32)
+    V_u = np.array([[[0.8212991, -0.24590091, 1.0553937], [0.9025482, -0.10476276, -2.309042],
+                     [0.10527434, 0.08232531, 0.24410139]],
+                    [[0.9189133, 0.14118579, 0.22197124], [-0.6337704, 0.6115377, -0.45327246],
+                     [0.58405256, 0.21165031, -0.89471865]]], np.float32)
+    mask = np.array([[True, False, False], [True, True, True]])
+    session = TopNSession(build_topn(E, 3).SerializeToString(), 3, 3, "cpu", budget=4 * 3 * 3 * 2)
+    items, _, interest = session.run(V_u, mask, np.array([[0], [1]]), 1)
+    assert items.tolist() == [[2], [2]] and interest[0, 0] == 0
