@@ -66,7 +66,8 @@ class ItemCF:
 
 class WALS:
     def __init__(self, R: sp.csr_matrix, dim: int = 64, alpha: float = 10.0, reg: float = 1.0,
-                 iterations: int = 10, seed: int = 0, chunk: int = 2048):
+                 iterations: int = 10, seed: int = 0, chunk: int = 2048, progress=None):
+        """progress(1) after each alternating iteration (a progress bar's update), if given."""
         rng = np.random.default_rng(seed)
         self.alpha, self.reg, self.chunk = alpha, reg, chunk
         self.X = rng.normal(0, 0.01, (R.shape[0], dim))  # [U, d]
@@ -75,6 +76,8 @@ class WALS:
         for _ in range(iterations):
             self.X = self._solve(R, self.Y)
             self.Y = self._solve(Rt, self.X)
+            if progress is not None:
+                progress(1)
 
     def _solve(self, R: sp.csr_matrix, Y: np.ndarray) -> np.ndarray:
         """Each row u: (Y^T Y + alpha Y_u^T Y_u + reg I) x_u = (1 + alpha) sum_{i in R_u} y_i."""
@@ -105,7 +108,8 @@ class MaxMF:
 
     def __init__(self, train: Examples, num_users: int, num_items: int, T: int = 4, dim: int = 64,
                  epochs: int = 10, batch_size: int = 256, num_neg: int = 256, lr: float = 3e-3,
-                 seed: int = 0):
+                 seed: int = 0, progress=None):
+        """progress(1) after each step (a progress bar's update), if given."""
         rng = np.random.default_rng(seed)
         self.U = rng.normal(0, 0.1, (num_users, T, dim)).astype(np.float32)  # [users, T, d]
         self.Y = rng.normal(0, 0.1, (num_items, dim)).astype(np.float32)  # [V, d]
@@ -123,6 +127,8 @@ class MaxMF:
                 opt.step(params, self._grads(train.users[idx], train.target[idx], neg,
                                              sampler.log_expected_count(train.target[idx], num_neg),
                                              sampler.log_expected_count(neg, num_neg)))
+                if progress is not None:
+                    progress(1)
 
     def _grads(self, users, pos, neg, lq_pos, lq_neg) -> dict:
         """The max-score sampled softmax (max_score_loss) of a batch, as table gradients."""

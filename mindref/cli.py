@@ -57,7 +57,7 @@ def _progress(total_steps: int, desc: str, batch_size: int):
     def update(epoch, step, steps, loss):
         bar.update(1)
         rate = bar.n * batch_size / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", samples_s=f"{rate:,.0f}", refresh=False)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}", samples_s=f"{rate:,.0f}", refresh=False)
 
     return update, bar.close
 
@@ -71,13 +71,16 @@ class _NoBar:
 
 
 def _bar(total: int, desc: str, unit: str):
-    """A tqdm bar when tqdm is installed (shown when stderr is a terminal), else a no-op."""
+    """A tqdm bar when tqdm is installed (shown when stderr is a terminal), else a no-op. Its rate
+    and time left are the run's average (smoothing 0), the same average as the samples/s a
+    training bar shows: tqdm's default moving average jumped at every epoch's checkpoint and
+    promised minutes that never came."""
     try:
         from tqdm import tqdm
     except ImportError:
         return _NoBar()
     return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=None,
-                mininterval=0.5)
+                mininterval=0.5, smoothing=0)
 
 
 def _data_spec(args) -> dict:
@@ -249,17 +252,25 @@ def _compare_rows(args, ds, splits, spec) -> dict:
     train, _, test = split(ds, spec, splits)
     rows = {}
     R = baselines.interactions(train, len(ds.sequences), ds.num_items)
-    makers = (("MostPopular", lambda: baselines.MostPopular(train, ds.num_items)),
-              ("ItemCF", lambda: baselines.ItemCF(R)),
-              ("WALS", lambda: baselines.WALS(R, dim=args.dim, seed=args.seed)),
-              ("MaxMF", lambda: baselines.MaxMF(train, len(ds.sequences), ds.num_items, T=args.K,
-                                                dim=args.dim, epochs=args.epochs, batch_size=args.batch_size,
-                                                num_neg=args.negatives, lr=args.lr, seed=args.seed)))
-    for name, make in makers:
+    steps = args.epochs * -(-len(train.target) // args.batch_size)
+    makers = (("MostPopular", 0, lambda bar: baselines.MostPopular(train, ds.num_items)),
+              ("ItemCF", 0, lambda bar: baselines.ItemCF(R)),
+              ("WALS", 10, lambda bar: baselines.WALS(R, dim=args.dim, seed=args.seed, iterations=10,
+                                                      progress=bar.update)),
+              ("MaxMF", steps, lambda bar: baselines.MaxMF(
+                  train, len(ds.sequences), ds.num_items, T=args.K, dim=args.dim, epochs=args.epochs,
+                  batch_size=args.batch_size, num_neg=args.negatives, lr=args.lr, seed=args.seed,
+                  progress=bar.update)))
+    for name, total, make in makers:
         if name in args.skip or (name == "MaxMF" and spec["protocol"] != "loo"):
             continue  # MaxMF has no vectors for held-out users
         t0 = time.perf_counter()
-        rows[name] = evaluate(make(), test, ds.num_items)
+        bar = _bar(total, name, "step" if name == "MaxMF" else "iteration") if total else _NoBar()
+        try:
+            model = make(bar)
+        finally:
+            bar.close()
+        rows[name] = evaluate(model, test, ds.num_items)
         print(f"{name}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     for K in (1, args.K):
         cfg = _config(args, ds, K)

@@ -77,3 +77,15 @@ def test_maxmf_learns_and_refuses_unknown_users():
     m.known[5] = False
     with pytest.raises(ValueError, match="user 5 has no learned vectors"):
         m(np.array([4, 5]), np.zeros((2, 3), int))
+
+
+def test_wals_and_maxmf_report_progress_for_their_bars():
+    """`compare` shows a bar for the slow baselines: one update per WALS iteration, per MaxMF step."""
+    calls = []
+    WALS(interactions(tiny_train(), 3, 5), dim=3, iterations=7, progress=calls.append)
+    assert calls == [1] * 7
+    ds = synthetic(num_users=50, seed=1)
+    train, _, _ = leave_one_out(ds, 20)
+    calls.clear()
+    MaxMF(train, 50, ds.num_items, T=2, dim=8, epochs=2, batch_size=64, num_neg=16, progress=calls.append)
+    assert len(calls) == 2 * -(-len(train.target) // 64)
