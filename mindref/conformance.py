@@ -341,7 +341,7 @@ def check_sampled_softmax(loss: Callable, vjp: Callable | None = None, rtol: flo
                   "log_q_pos": _array(draw, st, (B,), 3.0), "log_q_neg": _array(draw, st, (S,), 3.0)}
         return inputs, draw(st.floats(0.1, 2.0))
 
-    cosine = (conventions or {}).get("logits") == "cosine"
+    cosine = str((conventions or {}).get("logits", "dot")).startswith("cosine")
     v = (_variant("sampled_softmax", conventions, vjp, has_gradient=not cosine)
          or D.declared("sampled_softmax", None))
     logq, hits = v["logq"] == "subtracted", v["hits"] == "removed"
@@ -350,7 +350,7 @@ def check_sampled_softmax(loss: Callable, vjp: Callable | None = None, rtol: flo
 
     def compare(case):
         inputs, dloss = case
-        if v["logits"] == "cosine":
+        if v["logits"].startswith("cosine"):
             want = D.compute("sampled_softmax", v, inputs, {"temperature": temperature})
         else:
             q = (inputs["log_q_pos"], inputs["log_q_neg"]) if logq else (None, None)
@@ -376,7 +376,7 @@ def _loss_magnitude(x: dict, loss, variant: dict, temperature: float) -> float:
     over the batch multiplies it by B."""
     v, e = np.abs(x["v"]), np.abs(np.vstack([x["e_pos"], x["e_neg"]]))
     summed = variant["reduce"] == "sum"
-    if variant["logits"] == "cosine":
+    if variant["logits"].startswith("cosine"):
         v, e = np.full_like(v, 1 / temperature), np.ones_like(e)
     d, S, B = v.shape[1], len(x["e_neg"]), len(v)
     log_q = np.abs(np.concatenate([x["log_q_pos"], x["log_q_neg"]]))
@@ -703,6 +703,10 @@ def check_user_tower(make_tower: Callable, cfg: M.MINDConfig | None = None, rtol
         if not normalized:
             n = np.linalg.norm(np.asarray(got[0], np.float64), axis=-1)[mask]
             hint = "every valid interest has norm 1: declare normalized=True" if np.allclose(n, 1) else None
+        if hint is None and D.same(np.asarray(got[0], np.float64), D.tower_without_relu(
+                params, cfg, item_fields, inputs["hist"], inputs["profile"]), rtol, atol):
+            hint = ("matches mindref with the hidden layers' ReLU left out (Figure 2: 'several ReLU "
+                    "layers'; decisions.md, the composed model)")
         _compare("user vectors V_u", got[0], V, inputs, rtol, atol, hint)
 
     return _run("tower", "user tower" + (" (L2-normalised)" if normalized else ""), cases(), compare,

@@ -93,7 +93,11 @@ SWITCHES: dict[str, dict[str, tuple[Choice, ...]]] = {
     },
     "sampled_softmax": {
         "logits": _switch(("dot", "logits v . e", "decisions.md §10"),
-                          ("cosine", "cosine logits over a temperature (torch-rechub)", "decisions.md §10")),
+                          ("cosine", "cosine logits over the declared temperature", "decisions.md §10"),
+                          *((f"cosine/{t}", f"cosine logits over a temperature {t} (torch-rechub's "
+                             "loss, its example's temperature 0.02)" if t == "0.02" else
+                             f"cosine logits over a temperature {t}", "decisions.md §10")
+                            for t in ("1", "0.2", "0.1", "0.05", "0.02"))),
         "logq": _switch(("subtracted", "the logQ correction", "decisions.md §10"),
                         ("ignored", "no logQ correction (log Q not subtracted)", "decisions.md §10")),
         "hits": _switch(("removed", "accidental hits removed", "decisions.md §10"),
@@ -265,13 +269,29 @@ def _interest_count(var: dict, lengths, K) -> np.ndarray:
 def _sampled_softmax(var: dict, v, e_pos, e_neg, pos_ids, neg_ids, log_q_pos, log_q_neg,
                      temperature: float = 1.0) -> np.ndarray:
     logq = var["logq"] == "subtracted"
-    if var["logits"] == "cosine":
+    if var["logits"].startswith("cosine/"):
+        temperature = float(var["logits"].split("/")[1])
+    if var["logits"].startswith("cosine"):
         unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
         v, e_pos, e_neg = unit(v) / temperature, unit(e_pos), unit(e_neg)
     loss, _, _ = candidate_softmax(np.sum(v * e_pos, 1), v @ e_neg.T, pos_ids, neg_ids,
                                    log_q_pos if logq else None, log_q_neg if logq else None,
                                    var["hits"] == "removed")
     return np.asarray(loss * (len(v) if var["reduce"] == "sum" else 1))
+
+
+def tower_without_relu(params: dict, cfg, item_fields: tuple, hist: np.ndarray, profile: np.ndarray
+                       ) -> np.ndarray:
+    """model.user_vectors with every hidden layer linear: the mistake of a port that drops the ReLU."""
+    from . import model as M
+    _, e_hat_d, _, inverse = M.distinct_items(params, item_fields, hist.reshape(-1), cfg.num_items)
+    e_hat = e_hat_d[inverse].reshape(*hist.shape, -1)  # [B, L, d]
+    b0 = M.serving_logits(params, hist.shape[1])  # [K, L]
+    _, cache = M.user_tower_forward(params, cfg, e_hat, hist != 0, profile, b0)
+    x = cache.dense[0].x  # the concatenated capsules and profile
+    for n in range(M.num_dense(cfg)):
+        x = x @ params[f"dense_W_{n}"] + params[f"dense_b_{n}"]
+    return x * cache.capsule_mask[..., None]
 
 
 COMPUTE = {"routing": _routing, "squash": _squash_variant, "attention": _attention,

@@ -57,7 +57,7 @@ def attention_port(V, e, cmask, p=2):
     return np.einsum("bk,bkd->bd", a / a.sum(1, keepdims=True), V)
 
 
-def make_tower_port(params, cfg, item_fields, fresh_draw=False):
+def make_tower_port(params, cfg, item_fields, fresh_draw=False, relu=True):
     """The serving tower from mindref's parameters, in loops over users."""
     rng = np.random.default_rng()
 
@@ -80,7 +80,8 @@ def make_tower_port(params, cfg, item_fields, fresh_draw=False):
             prof = [params[f"profile_emb_{p}"][profile[b, p]] * (profile[b, p] != 0)
                     for p in range(len(cfg.profile_sizes))]
             x = np.concatenate([u, np.tile(np.concatenate(prof), (cfg.K, 1))], 1)
-            x = np.maximum(x @ params["dense_W_0"] + params["dense_b_0"], 0)
+            x = x @ params["dense_W_0"] + params["dense_b_0"]
+            x = np.maximum(x, 0) if relu else x
             x = x @ params["dense_W_1"] + params["dense_b_1"]
             out[b, :K_u], masks[b, :K_u] = x[:K_u], True
         return out, masks

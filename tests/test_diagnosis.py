@@ -333,3 +333,19 @@ def test_float32_ports_pass_at_float32_precision_and_tiny_capsules_are_still_che
     C.check_squash(flushing, atol=1e-5)  # the old absolute tolerance cannot see it
     err = diagnosis_of(C.check_squash, flushing, precision="float32")
     assert np.linalg.norm(err.inputs["z"]) < 1e-4
+
+
+def test_a_tower_without_its_relu_and_a_cosine_loss_are_named():
+    """Two of torch-rechub's MIND choices: its user tower is linear (no ReLU layers) and its loss
+    is cosine over a temperature (0.02 in its example) with no logQ."""
+    from test_conformance import make_tower_port
+    err = diagnosis_of(C.check_user_tower, lambda p, c, f: make_tower_port(p, c, f, relu=False),
+                       max_examples=10)
+    assert "ReLU left out" in str(err.diagnosis)
+
+    def cosine(v, e_pos, e_neg, pos_ids, neg_ids, log_q_pos, log_q_neg, tau=0.02):
+        unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+        return sampled_softmax_port(unit(v) / tau, unit(e_pos), unit(e_neg), pos_ids, neg_ids,
+                                    0 * log_q_pos, 0 * log_q_neg)
+    err = diagnosis_of(C.check_sampled_softmax, cosine)
+    assert "temperature 0.02" in str(err.diagnosis) and "no logQ" in str(err.diagnosis)
