@@ -73,13 +73,25 @@ def map_verified(path: Path, size: int, sha256: str) -> tuple[mmap.mmap | bytes,
         if stat.st_size != size:
             raise ValueError(f"{stat.st_size} bytes, the manifest says {size} (truncated or replaced)")
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-    digest, view = hashlib.sha256(), memoryview(data)
-    for start in range(0, size, HASH_CHUNK):
-        digest.update(view[start:start + HASH_CHUNK])
-    view.release()
-    if digest.hexdigest() != sha256:
+    if sha256_of(data) != sha256:
         raise ValueError("checksum differs from the manifest (the file was changed)")
     return data, stat
+
+
+def file_stamp(path: Path) -> dict:
+    """A file's size and SHA-256 as a manifest records them (hashed through a mapping, in chunks)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    return {"bytes": size, "sha256": sha256_of(data)}
+
+
+def sha256_of(data: mmap.mmap | bytes) -> str:
+    digest, view = hashlib.sha256(), memoryview(data)
+    for start in range(0, len(view), HASH_CHUNK):
+        digest.update(view[start:start + HASH_CHUNK])
+    view.release()
+    return digest.hexdigest()
 
 
 def npy_view(data: mmap.mmap | bytes) -> tuple[np.ndarray, int]:

@@ -19,7 +19,6 @@ that loads the bundle on a machine (mindref.export.arrays).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -43,6 +42,7 @@ from .arrays import (
     TABLE_FILE,
     VECTORS_FILE,
     external_refs,
+    file_stamp,
     map_verified,
     npy_bytes,
     npy_data_offset,
@@ -144,7 +144,7 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy
                 "config": cfg.to_dict(),
                 "onnx": {"ir_version": IR_VERSION, "opset": OPSET, "items": items}, "search": search,
                 "annoy": {**annoy, "dim": cfg.dim},
-                "files": {name: _stamp(folder / name) for name in written}}
+                "files": {name: file_stamp(folder / name) for name in written}}
     atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
 
 
@@ -170,11 +170,6 @@ def measure_search(retriever: Retriever, K: int, users: int = 64, n: int = 50, s
     annoy_wins = rates["annoy"] > 2 * rates[best_exact] and recall >= min_recall
     return {"auto": "annoy" if annoy_wins else best_exact, "users_per_s": rates,
             "annoy_recall": round(recall, 4), "users": users, "n": n}
-
-
-def _stamp(path: Path) -> dict:
-    data = path.read_bytes()
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 @dataclass

@@ -172,7 +172,11 @@ def explain(bundle: Bundle, history: list, profile: list | None = None, n: int =
     """One user's interests in plain text: per capsule, the behaviours routed to it (each behaviour
     listed under the capsule that took most of its routing weight, Eq. 5) and the retrieved items
     whose Eq. (3) max it won. Interests count from 0, as in every output."""
-    x = explanation(bundle, history, profile, n)
+    return explain_text(explanation(bundle, history, profile, n), n, behaviours)
+
+
+def explain_text(x: Explanation, n: int, behaviours: int = 6) -> str:
+    """An Explanation as the text `explain` prints."""
     K_u, n_u = x.weights.shape
     lines = [f"{n_u} behaviours -> K'u = {K_u} of K = {x.K} interests "
              f"(K'u = max(1, min(K, floor(log2 {n_u}))), Eq. 9)"]

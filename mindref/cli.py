@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import __version__, baselines, checkpoint
 from .attention import MODES
+from .conformance import LAYERS  # the kit's layer names (Hypothesis is imported only when a check runs)
 from .datasets import (
     FORMATS,
     PROTOCOLS,
@@ -252,11 +253,12 @@ def _compare_rows(args, ds, splits, spec) -> dict:
     train, _, test = split(ds, spec, splits)
     rows = {}
     R = baselines.interactions(train, len(ds.sequences), ds.num_items)
-    steps = args.epochs * -(-len(train.target) // args.batch_size)
+    steps, wals_iterations = args.epochs * -(-len(train.target) // args.batch_size), 10
     makers = (("MostPopular", 0, lambda bar: baselines.MostPopular(train, ds.num_items)),
               ("ItemCF", 0, lambda bar: baselines.ItemCF(R)),
-              ("WALS", 10, lambda bar: baselines.WALS(R, dim=args.dim, seed=args.seed, iterations=10,
-                                                      progress=bar.update)),
+              ("WALS", wals_iterations, lambda bar: baselines.WALS(R, dim=args.dim, seed=args.seed,
+                                                                   iterations=wals_iterations,
+                                                                   progress=bar.update)),
               ("MaxMF", steps, lambda bar: baselines.MaxMF(
                   train, len(ds.sequences), ds.num_items, T=args.K, dim=args.dim, epochs=args.epochs,
                   batch_size=args.batch_size, num_neg=args.negatives, lr=args.lr, seed=args.seed,
@@ -443,16 +445,16 @@ def cmd_conform(args) -> int:
 def cmd_explain(args) -> int:
     export = _serving()
     bundle = _bundle(args)
-    history, profile = _split_ids(args.history), _split_ids(args.profile) or None
     if args.plot:
         from .export import plots
         plots.pyplot()  # before any work: a missing matplotlib says how to install it
         check_output(args.plot, {"--bundle": args.bundle})
-        x = export.explanation(bundle, history, profile, args.n)
+    x = export.explanation(bundle, _split_ids(args.history), _split_ids(args.profile) or None, args.n)
+    if args.plot:
         drawn = plots.explain_figure(x, args.plot)
         print(f"{drawn}: routing weights of {x.weights.shape[1]} behaviours over {x.weights.shape[0]} "
               "interests", file=sys.stderr)
-    print(export.explain(bundle, history, profile, args.n))
+    print(export.explain_text(x, args.n))
     return 0
 
 
@@ -574,7 +576,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("conform", help="check a MIND port against mindref, layer by layer, and name its "
                                         "mistakes (docs/conformance.md)")
     p.add_argument("adapter", help="module:Class with the port's layers as methods (routing, squash, ...)")
-    p.add_argument("--only", nargs="+", metavar="LAYER", help="only these layers", choices=CONFORM_LAYERS)
+    p.add_argument("--only", nargs="+", metavar="LAYER", help="only these layers", choices=tuple(LAYERS))
     p.add_argument("--max-examples", type=int, help="generated examples per layer (default: each check's)")
     p.add_argument("--thorough", action="store_true", help="ten times the examples (for a release)")
     p.add_argument("--json", action="store_true", help="the rows and failure reports as JSON")
@@ -582,7 +584,6 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-CONFORM_LAYERS = ("pooling", "squash", "interest_count", "routing", "attention", "sampled_softmax", "tower")
 POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "negatives", "users", "n", "trees",
             "oversample", "workers", "threads", "max_examples")
 

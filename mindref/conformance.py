@@ -492,7 +492,7 @@ def check_interest_count(interest_count: Callable, max_K: int = 8, max_length: i
 
 # --- B2I routing, Eqs. (4)-(8) ------------------------------------------------------------------
 
-GRAD_MODES = {"stop": "stop-gradient through the first r - 1 iterations",
+GRAD_MODE_MEANING = {"stop": "stop-gradient through the first r - 1 iterations",
               "full": "autograd through every iteration"}
 
 
@@ -526,9 +526,12 @@ def check_routing(routing: Callable, vjp: Callable | None = None, softmax_axis: 
 
     tol = _Tol(rtol, atol, precision, "routing")
     rtol, atol = tol.rtol, tol.atol
-    declared = {"axis": softmax_axis, **(conventions or {})}
-    variant = _variant("routing", {k: v for k, v in declared.items() if k != "axis"} or None, vjp)
-    variant = variant and D.declared("routing", declared)
+    conventions = dict(conventions or {})
+    softmax_axis = conventions.pop("axis", softmax_axis)  # mindref computes either axis itself
+    declared = {"axis": softmax_axis, **conventions}
+    variant = _variant("routing", conventions, vjp)  # the choices mindref's routing does not have
+    if variant is not None:
+        variant["axis"] = softmax_axis
 
     def forward(inputs: dict, mode: str):
         x = dict(inputs, iterations=int(inputs["iterations"]))
@@ -548,8 +551,8 @@ def check_routing(routing: Callable, vjp: Callable | None = None, softmax_axis: 
             de_o, dS_o, _ = R.routing_backward(du, forward(inputs, other)[1])
             hint = None
             if all(D.same(np.asarray(g, np.float64), w, rtol, atol) for g, w in zip(got, (de_o, dS_o))):
-                hint = (f"the gradients are mindref's grad_mode='{other}' ({GRAD_MODES[other]}): declare "
-                        f"grad_mode='{other}' (decisions.md §4)")
+                hint = (f"the gradients are mindref's grad_mode='{other}' ({GRAD_MODE_MEANING[other]}): "
+                        f"declare grad_mode='{other}' (decisions.md §4)")
             de, dS, _ = R.routing_backward(du, cache)
             _compare(f"routing gradient de ({grad_mode})", got[0], de, inputs, rtol, atol, hint)
             _compare(f"routing gradient dS ({grad_mode})", got[1], dS, inputs, rtol, atol, hint)

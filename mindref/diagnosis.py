@@ -31,6 +31,7 @@ import numpy as np
 
 from .routing import interest_count
 from .sampled_softmax import candidate_softmax
+from .softmax import masked_softmax
 from .squash import squash_forward
 
 
@@ -212,12 +213,10 @@ def _squash(z: np.ndarray, form: str = "paper", eps: str = "none") -> np.ndarray
 
 
 def _softmax(x: np.ndarray, mask: np.ndarray, axis: int, naive: bool) -> np.ndarray:
-    x = np.where(mask, x, -np.inf)
-    if naive:  # float32, as a port computes it
-        p = np.exp(x.astype(np.float32)).astype(np.float64)
-    else:
-        m = np.max(x, axis=axis, keepdims=True)
-        p = np.exp(x - np.where(np.isfinite(m), m, 0))
+    """mindref's masked softmax, or the naive one: exp without max-subtraction, in float32."""
+    if not naive:
+        return masked_softmax(x, mask, axis)
+    p = np.exp(np.where(mask, x, -np.inf).astype(np.float32)).astype(np.float64)
     total = np.sum(p, axis=axis, keepdims=True)
     return np.where(mask, p / np.where(total == 0, 1, total), 0)
 
