@@ -447,8 +447,8 @@ def cmd_explain(args) -> int:
     bundle = _bundle(args)
     if args.plot:
         from .export import plots
+        check_output(args.plot, {"--bundle": args.bundle}, "--plot")
         plots.pyplot()  # before any work: a missing matplotlib says how to install it
-        check_output(args.plot, {"--bundle": args.bundle})
     x = export.explanation(bundle, _split_ids(args.history), _split_ids(args.profile) or None, args.n)
     if args.plot:
         drawn = plots.explain_figure(x, args.plot)

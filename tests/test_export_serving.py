@@ -300,3 +300,11 @@ def test_explain_plot_draws_the_routing_weights(trained, tmp_path, capsys, monke
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     assert main(["explain", "--bundle", bundle, "--history", history, "--plot", str(tmp_path / "x.png")]) == 2
     assert "pip install 'mindref[plots]'" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_explain_plot_never_writes_into_the_bundle(trained, capsys):
+    bundle = trained[4] / "bundle"
+    before = (bundle / "items.json").read_bytes()
+    assert main(["explain", "--bundle", str(bundle), "--history", "1,2,3", "--plot",
+                 str(bundle / "items.json")]) == 2
+    assert "--plot" in capsys.readouterr().err and (bundle / "items.json").read_bytes() == before
