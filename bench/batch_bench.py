@@ -2,6 +2,7 @@
 
     python bench/batch_bench.py --work /tmp/batch-bench                 # build, then measure all
     python bench/batch_bench.py --work /tmp/batch-bench --users 20000   # fewer users
+    python bench/batch_bench.py --work /tmp/batch-bench --skip-build --engine-users 20000 --rounds 3
 
 1. A catalogue with trained-like vectors: MIND trained on the embedded planted data (d = 64), then
    each of the 1M items is one trained item's embedding plus Gaussian noise (10% of its norm), in
@@ -13,12 +14,14 @@
    searches (NumPy exact, ONNX exact, Annoy) on a slice of users with the local engine on 2
    threads, Annoy's recall@50 against exact; engines with ONNX exact over every user: local on 1
    thread, local on 2 threads, Ray with 2 single-threaded actors. Users/s, and memory sampled every
-   0.2 s from /proc/PID/smaps_rollup of the job's processes (the `mindref batch` process and every
+   1 s from /proc/PID/smaps_rollup of the job's processes (the `mindref batch` process and every
    process it starts, Ray's included): per worker (the local process; each Ray actor serving
    BatchServer) the peak of its own memory (Anonymous: heap, arenas, score buffers) and of its
    file-mapped pages (the bundle's mapped .npy arrays and Annoy index: page cache, one copy per
    machine however many workers map it); and the peak of the job's total proportional set size
    (PSS: shared pages divided among the processes mapping them), the physical memory of the job.
+   CPU seconds (sampled with the memory, so a process's last second may be missed): of the workers,
+   and of the rest of the job (the driver; with Ray its raylet, GCS, read and write tasks).
 
 Figures are ratios measured in one run; the machine is shared and noisy.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -95,7 +99,7 @@ def run(work: Path, name: str, users: str, threads: int, *flags: str) -> dict | 
     memory = Memory(proc.pid)
     while proc.poll() is None:
         memory.sample()
-        time.sleep(0.2)
+        time.sleep(SAMPLE_EVERY)
     seconds = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode})")
@@ -107,19 +111,34 @@ def run(work: Path, name: str, users: str, threads: int, *flags: str) -> dict | 
     return row
 
 
+SAMPLE_EVERY = 1.0  # seconds between samples (each costs the job a little CPU: see Memory)
+TREE_EVERY = 5  # samples between two listings of the job's processes
+
+
 class Memory:
     """Peaks of a process tree's memory, from /proc (Linux): per worker process its own
-    (Anonymous) and file-mapped (Rss - Anonymous) memory, and the tree's total PSS."""
+    (Anonymous) and file-mapped (Rss - Anonymous) memory, and the tree's total PSS; and the CPU
+    seconds of the workers and of every other process of the tree (the engine's own cost).
+
+    Sampling is not free: listing every process of the machine and reading smaps_rollup (which
+    walks the page tables of a process mapping 1 GB) every 0.2 s took 18% of a core from the
+    2-core job, and more from Ray's 15 processes than from the local engine's one, so the
+    listing is refreshed every TREE_EVERY samples and a sample taken every SAMPLE_EVERY s."""
 
     def __init__(self, root: int):
-        self.root, self.workers, self.total_pss = root, {}, 0
+        self.root, self.workers, self.total_pss, self.cpu = root, {}, 0, {}
+        self.samples, self.pids = 0, [root]
 
     def sample(self) -> None:
+        if self.samples % TREE_EVERY == 0:
+            self.pids = self._tree()
+        self.samples += 1
         pss = 0
-        for pid in self._tree():
+        for pid in self.pids:
             use = _rollup(pid)
             if not use:
                 continue  # exited between the listing and the read
+            self.cpu[pid] = max(self.cpu.get(pid, 0.0), _cpu_seconds(pid))
             pss += use["Pss"]
             if pid == self.root or b"BatchServer" in _cmdline(pid):
                 own, mapped = self.workers.get(pid, (0, 0))
@@ -129,7 +148,10 @@ class Memory:
     def summary(self) -> dict:
         actors = {p: m for p, m in self.workers.items() if p != self.root}  # Ray: the driver is no worker
         per_worker = list((actors or self.workers).values())
-        return {"workers": len(per_worker), "worker_own_mib": [round(o / 1024) for o, _ in per_worker],
+        worker_cpu = sum(c for p, c in self.cpu.items() if p in (actors or self.workers))
+        other_cpu = sum(self.cpu.values()) - worker_cpu
+        return {"worker_cpu_s": round(worker_cpu, 1), "other_cpu_s": round(other_cpu, 1),
+                "workers": len(per_worker), "worker_own_mib": [round(o / 1024) for o, _ in per_worker],
                 "worker_mapped_mib": [round(m / 1024) for _, m in per_worker],
                 "driver_own_mib": round(self.workers.get(self.root, (0, 0))[0] / 1024) if actors else None,
                 "job_pss_peak_mib": round(self.total_pss / 1024)}
@@ -157,6 +179,15 @@ def _rollup(pid: int) -> dict:
         return {}
     fields = {line.split(":")[0]: int(line.split()[1]) for line in lines[1:] if line.endswith("kB")}
     return fields if {"Rss", "Pss", "Anonymous"} <= fields.keys() else {}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (a sample taken before it exits)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cmdline(pid: int) -> bytes:
@@ -193,6 +224,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="only these runs (e.g. ray-2-workers), with --skip-build")
     ap.add_argument("--engine-users", type=int, help="the engine runs on the first N users only "
                                                      "(default: every user)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of the three engine runs")
     args = ap.parse_args()
     global ONLY
     ONLY = args.only
@@ -208,16 +240,21 @@ def main() -> None:
                    for s in ("annoy", "onnx")}
         print(json.dumps(recalls), flush=True)
     users = subset(args.work, args.engine_users)
-    rows = [run(args.work, "local-1-thread", users, 1, "--engine", "local", "--search", "onnx"),
-            run(args.work, "local-2-threads", users, 2, "--engine", "local", "--search", "onnx"),
-            run(args.work, "ray-2-workers", users, 1, "--engine", "ray", "--workers", "2",
-                "--search", "onnx")]
-    if None in rows:
-        return
-    local1, local2, ray2 = (r["job_users_per_s"] for r in rows)
-    print(json.dumps({"ray_2_workers / local_1_thread": round(ray2 / local1, 2),
-                      "ray_2_workers / local_2_threads": round(ray2 / local2, 2)}), flush=True)
-
+    ratios = []
+    for r in range(args.rounds):  # the three runs back to back in each round, so noise hits all three
+        rows = [run(args.work, "local-1-thread", users, 1, "--engine", "local", "--search", "onnx"),
+                run(args.work, "local-2-threads", users, 2, "--engine", "local", "--search", "onnx"),
+                run(args.work, "ray-2-workers", users, 1, "--engine", "ray", "--workers", "2",
+                    "--search", "onnx")]
+        if None in rows:
+            return
+        local1, local2, ray2 = (row["job_users_per_s"] for row in rows)
+        ratios.append((ray2 / local1, ray2 / local2))
+        print(json.dumps({"round": r + 1, "ray_2_workers / local_1_thread": round(ray2 / local1, 2),
+                          "ray_2_workers / local_2_threads": round(ray2 / local2, 2)}), flush=True)
+    print(json.dumps({"rounds": args.rounds, "median ray_2_workers / local_1_thread": round(
+        statistics.median(a for a, _ in ratios), 2), "median ray_2_workers / local_2_threads": round(
+        statistics.median(b for _, b in ratios), 2)}), flush=True)
 
 if __name__ == "__main__":
     main()

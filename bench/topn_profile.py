@@ -1,13 +1,17 @@
-"""The top-n graph (export/topn.py) at a large catalogue: users/s and onnxruntime's time per node.
+"""The top-n graph (export/topn.py) at a large catalogue: its block size and chunk of users,
+onnxruntime's time per node, and the cost of keeping the catalogue unpacked.
 
-    python bench/topn_profile.py                  # 1,000,000 items, d = 64, K = 4, 64 users, top 50
+    python bench/topn_profile.py                  # 1,000,000 items, d = 64, K = 4, 256 users, top 50
     python bench/topn_profile.py --threads 1      # one intra-op thread (a Ray actor's setting)
 
-Random item vectors and interests (speed does not depend on their values); TopNSession's default
-chunk (16 users at 1M items); the best of 3 timed runs after a warm-up; then one profiled session.
-Last, the cost of keeping the catalogue unpacked (TopNSession turns onnxruntime's prepacking off so
-that the vectors are used where they are mapped, shared by every worker: export/arrays.py): the
-same graph with prepacking on and off, rounds alternating, the median ratio.
+Random item vectors and interests (speed does not depend on their values), a third of the users
+with K'_u = 3, histories of 30 items. 1. Users/s (best of 3 timed runs after a warm-up) for every
+block size x chunk of users, the last block size being the whole catalogue in one block (the
+graph without blocking), with each graph's answers checked equal to the default's. 2. onnxruntime's
+profile of the default graph (BLOCK, CHUNK), per operator. 3. TopNSession turns onnxruntime's
+prepacking off so that the vectors are used where they are mapped, shared by every worker
+(export/arrays.py): the default graph with prepacking on and off, rounds alternating, the median
+ratio.
 """
 from __future__ import annotations
 
@@ -23,14 +27,17 @@ import numpy as np
 import onnxruntime as ort
 
 from mindref.export.runtime import make_session
-from mindref.export.topn import TopNSession, build_topn
+from mindref.export.topn import BLOCK, CHUNK, TopNSession, build_topn
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--users", type=int, default=64)
+    ap.add_argument("--users", type=int, default=256)
     ap.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
+    ap.add_argument("--blocks", type=int, nargs="*", default=[8192, 16384, 32768, 65536],
+                    help="block sizes to time (the whole catalogue in one block is always added)")
+    ap.add_argument("--chunks", type=int, nargs="*", default=[16, 32, 64, 128])
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -38,13 +45,27 @@ def main() -> None:
     E[0] = 0
     V = rng.normal(size=(args.users, 4, 64)).astype(np.float32)
     mask = np.ones((args.users, 4), bool)
-    hist = rng.integers(1, args.items, (args.users, 20))
+    mask[::3, 3] = False
+    hist = rng.integers(1, args.items, (args.users, 30))
+    default = TopNSession(build_topn(E, 4).SerializeToString(), len(E), 4, "cpu", args.threads)
+    want = default.run(V, mask, hist, 50)
+    grid = {}
+    for block in [*args.blocks, len(E)]:
+        graph = build_topn(E, 4, block=block).SerializeToString()
+        for chunk in args.chunks:
+            session = TopNSession(graph, len(E), 4, "cpu", args.threads, chunk=chunk)
+            got = session.run(V, mask, hist, 50)
+            if not all(np.array_equal(a, b) for a, b in zip(got, want)):
+                raise SystemExit(f"block {block}, chunk {chunk}: answers differ from the default graph's")
+            rate = args.users / min(_timed(lambda s=session: s.run(V, mask, hist, 50)) for _ in range(3))
+            grid[block, chunk] = rate
+            print(json.dumps({"threads": args.threads, "block": block, "chunk": chunk,
+                              "users_per_s": round(rate, 1)}), flush=True)
+    whole = max(rate for (block, _), rate in grid.items() if block == len(E))
+    print(json.dumps({"default": [BLOCK, CHUNK], "default_users_per_s": round(grid.get((BLOCK, CHUNK), 0), 1),
+                      "best": max(grid, key=grid.get), "default / best unblocked": round(
+                          grid.get((BLOCK, CHUNK), 0) / whole, 2)}), flush=True)
     model = build_topn(E, 4).SerializeToString()
-    session = TopNSession(model, len(E), 4, "cpu", args.threads)
-    session.run(V, mask, hist, 50)
-    best = min(_timed(lambda: session.run(V, mask, hist, 50)) for _ in range(3))
-    print(json.dumps({"items": args.items, "users": args.users, "chunk": session.chunk,
-                      "users_per_s": round(args.users / best, 1)}))
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.add_session_config_entry("session.disable_prepacking", "1")  # as TopNSession runs it
@@ -52,8 +73,8 @@ def main() -> None:
         options.intra_op_num_threads = args.threads
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "topn")  # not into the current folder
     profiled = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    feeds = {"interests": V[:session.chunk], "interest_mask": mask[:session.chunk],
-             "history": hist[:session.chunk], "n": np.array([50])}
+    feeds = {"interests": V[:CHUNK], "interest_mask": mask[:CHUNK], "history": hist[:CHUNK],
+             "n": np.array([50])}
     for _ in range(4):
         profiled.run(None, feeds)
     per_node = defaultdict(float)
@@ -67,7 +88,7 @@ def main() -> None:
     packed.session = make_session(model, "cpu", args.threads, prepack=True)
     rates = {"unpacked": [], "prepacked": []}
     for _ in range(args.rounds):
-        for name, s in (("unpacked", session), ("prepacked", packed)):
+        for name, s in (("unpacked", default), ("prepacked", packed)):
             rates[name].append(args.users / _timed(lambda s=s: s.run(V, mask, hist, 50)))
     ratio = statistics.median(u / p for u, p in zip(rates["unpacked"], rates["prepacked"]))
     print(json.dumps({"threads": args.threads, **{f"{k}_users_per_s": round(statistics.median(v), 1)

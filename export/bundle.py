@@ -51,7 +51,7 @@ from .arrays import (
 )
 from .retrieval import ItemIndex, Retriever
 from .runtime import TowerSession
-from .topn import TopNSession, build_topn
+from .topn import TopNSession, block_views, build_topn
 from .tower import IR_VERSION, OPSET, TABLE, build_tower
 
 SCHEMA_VERSION = 1
@@ -136,7 +136,7 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy
                "field_labels": [list(v) for v in ds.field_labels], "profile_names": list(ds.profile_names),
                "profile_labels": [list(v) for v in ds.profile_labels]}
     atomic_write(folder / "items.json", json.dumps(catalog).encode())
-    session = TopNSession(topn.SerializeToString(), cfg.num_items, cfg.K, shared={"item_vectors": E},
+    session = TopNSession(topn.SerializeToString(), cfg.num_items, cfg.K, shared=block_views(E),
                           folder=str(folder))
     search = measure_search(Retriever(E, index, topn=session), cfg.K)
     written = [name for name in (*FILES, *OPTIONAL) if (folder / name).exists()]
@@ -265,17 +265,30 @@ def _array(path: Path, expected: dict | None, cfg: MINDConfig) -> tuple[np.ndarr
 
 def _external(graph_path: Path, graph: bytes, arrays: dict) -> dict:
     """make_session's `shared` and `folder` for a graph whose initializers point into the bundle's
-    mapped .npy files (none for a graph that holds its data inline)."""
+    mapped .npy files (none for a graph that holds its data inline): each initializer is a run of
+    whole rows of one array (the top-n graph's blocks) and gets a view of those rows."""
     refs = external_refs(onnx.load_model_from_string(graph))
     shared = {}
     for name, ref in refs.items():
-        array, offset = arrays.get(ref["location"], (None, None))
-        if array is None or (ref["offset"], ref["length"], ref["dims"], ref["float32"]) != (
-                offset, array.nbytes, list(array.shape), True):
+        rows = _rows(ref, *arrays.get(ref["location"], (None, None)))
+        if rows is None:
             raise BundleError(f"{graph_path}: initializer {name} points to {ref['location']!r} at offset "
-                              f"{ref['offset']}, which is not a float32 array of this bundle")
-        shared[name] = array
+                              f"{ref['offset']}, which is not a run of rows of a float32 array of this "
+                              "bundle")
+        shared[name] = rows
     return {"shared": shared, "folder": str(graph_path.parent)} if shared else {}
+
+
+def _rows(ref: dict, array: np.ndarray | None, offset: int | None) -> np.ndarray | None:
+    """The rows of array [V, d] (its data at `offset` in its file) that ref covers, or None."""
+    if array is None or not ref["float32"] or len(ref["dims"]) != 2 or ref["dims"][1] != array.shape[1]:
+        return None
+    row_bytes = 4 * array.shape[1]
+    first, rem = divmod(ref["offset"] - offset, row_bytes)
+    count = ref["dims"][0]
+    if rem or first < 0 or first + count > len(array) or ref["length"] != count * row_bytes:
+        return None
+    return array[first:first + count]
 
 
 def _annoy(path: Path, expected: dict | None, cfg: MINDConfig, manifest: dict) -> ItemIndex:

@@ -3,6 +3,8 @@
     explain_figure   one user's routing weights w_ij (Eq. 5) as a heatmap, behaviours against
                      interests, each interest's retrieved items beside its row (`explain --plot`):
                      the picture the paper's interest visualisation stands for
+    curve_figure     a training run's loss and validation metrics per epoch (`mindref plot RUN`),
+                     the best epoch of early stopping marked
 """
 from __future__ import annotations
 
@@ -52,3 +54,32 @@ def explain_figure(x, path: Path, items: int = 5) -> Path:
 
 def _short(label: str, width: int = 24) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
+
+
+CURVE_METRICS = ("HR@10", "HR@50", "NDCG@50")
+
+
+def curve_figure(curve: list, path: Path, title: str, best: dict | None = None) -> Path:
+    """Training loss (left) and validation metrics (right) per epoch of a run's curve, as
+    mindref train records it ({"epoch", "loss", "valid": {metric: value}} per epoch)."""
+    plt = pyplot()
+    epochs = [p["epoch"] for p in curve]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    left.plot(epochs, [p["loss"] for p in curve], marker="o", color="black")
+    left.set(xlabel="epoch", ylabel="training loss (sampled softmax, mean)", title="loss")
+    shown = [m for m in (*CURVE_METRICS, *([best["metric"]] if best else [])) if all(
+        m in p.get("valid", {}) for p in curve)]
+    for m in dict.fromkeys(shown):
+        right.plot(epochs, [p["valid"][m] for p in curve], marker="o", label=m)
+    right.set(xlabel="epoch", ylabel="validation (full ranking)", title="validation")
+    if shown:
+        right.legend()
+    if best:
+        for ax in (left, right):
+            ax.axvline(best["epoch"], color="grey", linestyle="--", linewidth=1)
+        right.annotate(f"best: epoch {best['epoch']}", (best["epoch"], best["value"]),
+                       textcoords="offset points", xytext=(4, -12), fontsize=8, color="grey")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from .adam import Adam
 from .data import Examples
 from .max_score_loss import max_score_backward, max_score_forward
-from .samplers import LogUniformSampler
+from .samplers import LogUniformSampler, negatives
 from .sparse import RowSparseGrad, scatter_rows
 
 
@@ -107,7 +107,7 @@ class MaxMF:
     """
 
     def __init__(self, train: Examples, num_users: int, num_items: int, T: int = 4, dim: int = 64,
-                 epochs: int = 10, batch_size: int = 256, num_neg: int = 256, lr: float = 3e-3,
+                 epochs: int = 10, batch_size: int = 256, num_neg: int | str = 256, lr: float = 3e-3,
                  seed: int = 0, progress=None):
         """progress(1) after each step (a progress bar's update), if given."""
         rng = np.random.default_rng(seed)
@@ -123,10 +123,9 @@ class MaxMF:
             order = rng.permutation(len(train.target))
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                neg = sampler.sample(rng, num_neg)
-                opt.step(params, self._grads(train.users[idx], train.target[idx], neg,
-                                             sampler.log_expected_count(train.target[idx], num_neg),
-                                             sampler.log_expected_count(neg, num_neg)))
+                neg, log_q = negatives(sampler, rng, num_neg, train.target[idx])
+                lq_pos, lq_neg = log_q or (None, None)
+                opt.step(params, self._grads(train.users[idx], train.target[idx], neg, lq_pos, lq_neg))
                 if progress is not None:
                     progress(1)
 

@@ -101,6 +101,11 @@ def load_training(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | No
     return params, cfg, manifest, optimizer, extra
 
 
+def read_manifest(folder: str | Path) -> dict:
+    """A checkpoint's config.json (its config, data and training record), checked for its schema."""
+    return _read_manifest(Path(folder) / "config.json")
+
+
 def params_path(folder: str | Path, manifest: dict | None = None) -> Path:
     """The parameter file config.json names (params.npz for checkpoints written before names)."""
     folder = Path(folder)

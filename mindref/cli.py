@@ -35,17 +35,21 @@ from .datasets import (
     resolved_path,
     split,
 )
-from .evaluate import evaluate
+from .evaluate import CUTOFFS, evaluate
 from .model import MINDConfig
 from .outputs import check_output
 from .readers import DataNote, decoded_lines
 from .routing import GRAD_MODES, SOFTMAX_AXES
+from .samplers import ALL_ITEMS
 from .train import TrainingInterrupted, evaluate_model, fit, load_state, save_state, scorer
 
 SEARCHES = ("auto", "exact", "onnx", "annoy")  # mindref.export.SEARCHES, which needs the export extra
 SEARCH_HELP = ("exact: Eq. (3) over every item in NumPy; onnx: the same in the bundle's top-n graph; "
                "annoy: the index; auto: the fastest, measured when the bundle was exported")
 COLUMNS = ("HR@10", "HR@50", "HR@100", "Recall@50", "NDCG@50")
+METRICS = tuple(f"{m}@{n}" for m in ("HR", "Recall", "NDCG") for n in CUTOFFS)  # evaluate's keys
+PATIENCE = 3  # --early-stop: epochs without gain
+BEST = "best"  # OUT/best: the best epoch's parameters (--early-stop)
 
 
 def _progress(total_steps: int, desc: str, batch_size: int):
@@ -103,6 +107,49 @@ def _fit_args(args) -> dict:
     return {"epochs": args.epochs, "batch_size": args.batch_size, "num_neg": args.negatives, "lr": args.lr}
 
 
+def _train_args(args) -> dict:
+    """train's fit arguments and its early stopping (recorded with the run, checked on resume)."""
+    return {**_fit_args(args), "early_stop": args.early_stop, "patience": args.patience}
+
+
+def _on_epoch(out: Path, cfg: MINDConfig, ds, valid, spec: dict, fit_args: dict):
+    """After each epoch: validation metrics into the run's curve, the best epoch's parameters to
+    OUT/best (with --early-stop), the checkpoint; True (stop) when the metric has not improved for
+    `patience` epochs."""
+    metric, patience = fit_args.get("early_stop"), fit_args.get("patience")
+
+    def on_epoch(state) -> bool:
+        point = {"epoch": state.epoch, "loss": state.losses[-1]}
+        if len(valid.users):
+            point["valid"] = evaluate_model(state.params, cfg, ds, valid)
+        state.curve.append(point)
+        shown = "" if "valid" not in point else ", valid " + " ".join(
+            f"{k} {point['valid'][k]:.4f}" for k in dict.fromkeys(("HR@10", "NDCG@50", "HR@50", metric)) if k)
+        stop = False
+        if metric:
+            value = point["valid"][metric]
+            if state.best is None or value > state.best["value"]:
+                state.best = {"epoch": state.epoch, "metric": metric, "value": value}
+                checkpoint.save(out / BEST, state.params, cfg, spec)  # before the state that names it
+                shown += " (best)"
+            stop = state.epoch - state.best["epoch"] >= patience
+        save_state(out, state, cfg, spec, fit_args)
+        _say(f"epoch {state.epoch}: loss {point['loss']:.4f}{shown}")
+        return stop
+
+    return on_epoch
+
+
+def _say(line: str) -> None:
+    """A line on stderr that does not tear the progress bar."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(line, file=sys.stderr)
+        return
+    tqdm.write(line, file=sys.stderr)
+
+
 def _train(cfg, ds, train, fit_args: dict, desc: str, state=None, on_epoch=None, stop=None):
     per_epoch = -(-len(train.target) // fit_args["batch_size"])
     steps = (fit_args["epochs"] - (state.epoch if state else 0)) * per_epoch - (state.step if state else 0)
@@ -156,7 +203,7 @@ def cmd_train(args) -> int:
         fit_args["epochs"] = args.epochs if "epochs" in args.given else fit_args["epochs"]
         print(f"resuming {out} at epoch {state.epoch + 1}, step {state.step}", file=sys.stderr)
     else:
-        state, spec, fit_args = None, _data_spec(args), _fit_args(args)
+        state, spec, fit_args = None, _data_spec(args), _train_args(args)
         check_output(out, {"--data-path": spec["path"]})
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise FileExistsError(f"--out {out}: exists and is not a mindref run (no config.json); "
@@ -168,6 +215,9 @@ def cmd_train(args) -> int:
         check_fingerprint(spec, ds)
         spec = {**spec, "fingerprint": spec.get("fingerprint") or fingerprint(ds)}
     train, valid, _ = split(ds, spec, splits)
+    if fit_args.get("early_stop") and not len(valid.users):
+        raise ValueError("--early-stop needs validation cases (users with >= 3 behaviours); "
+                         "this data has none")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):  # fail now, not after the first epoch
@@ -175,7 +225,7 @@ def cmd_train(args) -> int:
     try:
         with _StopFlag() as stop:
             state, seconds = _train(cfg, ds, train, fit_args, f"train K={cfg.K}", state,
-                                    on_epoch=lambda s: save_state(out, s, cfg, spec, fit_args), stop=stop)
+                                    on_epoch=_on_epoch(out, cfg, ds, valid, spec, fit_args), stop=stop)
     except TrainingInterrupted as stopped:
         save_state(out, stopped.state, cfg, spec, fit_args)
         print(f"mindref train: {stopped}; checkpoint saved to {out}. Run the same command to resume.",
@@ -187,8 +237,14 @@ def cmd_train(args) -> int:
         raise
     print(f"{len(train.target):,} examples x {len(state.losses)} epochs; losses "
           + " ".join(f"{x:.3f}" for x in state.losses) + f"; checkpoint {out}")
-    if len(valid.users):
-        print(json.dumps({"valid": evaluate_model(state.params, cfg, ds, valid)}, indent=2))
+    if state.best is not None:
+        best = state.best
+        why = (f"stopped early: no gain in {best['metric']} for {fit_args['patience']} epochs; "
+               if state.epoch < fit_args["epochs"] else "")
+        print(f"{why}best epoch {best['epoch']} ({best['metric']} {best['value']:.4f} on validation): "
+              f"{out / BEST} (evaluate or export it with --model {out / BEST})")
+    if state.curve and "valid" in state.curve[-1]:
+        print(json.dumps({"valid": state.curve[-1]["valid"]}, indent=2))
     else:
         print("no validation cases (users with >= 3 behaviours) to evaluate", file=sys.stderr)
     return 0
@@ -200,8 +256,9 @@ def _run_flags(cfg: MINDConfig, spec: dict, fit: dict) -> dict:
             "iterations": cfg.iterations, "sigma": cfg.sigma, "softmax_axis": cfg.softmax_axis,
             "grad_mode": cfg.grad_mode, "no_dynamic_k": not cfg.dynamic_k, "attention": cfg.attention,
             "p": cfg.p, "seed": cfg.seed, "batch_size": fit.get("batch_size"),
-            "negatives": fit.get("num_neg"),
-            "lr": fit.get("lr"), "data_format": spec.get("format"), "protocol": spec.get("protocol"),
+            "negatives": fit.get("num_neg"), "early_stop": fit.get("early_stop"),
+            "patience": fit.get("patience", PATIENCE), "lr": fit.get("lr"), "data_format": spec.get("format"),
+            "protocol": spec.get("protocol"),
             "category": spec.get("category"), "comirec_name": spec.get("name"), "users": spec.get("users")}
 
 
@@ -304,10 +361,30 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    run = Path(args.run)
+    check_output(args.out, {"the run": run})  # never into the run's folder
+    manifest = checkpoint.read_manifest(run)
+    train = manifest.get("train") or {}
+    curve = train.get("curve") or []
+    if not curve:
+        raise ValueError(f"{run}: no per-epoch record (runs trained before mindref recorded curves, or "
+                         "none finished an epoch); train it again with `mindref train`")
+    from .export import plots  # matplotlib only (the plots extra)
+
+    plots.pyplot()
+    cfg = manifest.get("config", {})
+    drawn = plots.curve_figure(curve, args.out, f"{run.name}: MIND K={cfg.get('K')}, "
+                               f"{train.get('fit', {}).get('num_neg')} negatives", train.get("best"))
+    print(f"{len(curve)} epochs -> {drawn}", file=sys.stderr)
+    return 0
+
+
 def _serving():
     """mindref.export, or a clear error when the serving extra is not installed."""
     try:
         from . import export
+        from .export import bundle  # noqa: F401  (onnx, onnxruntime, Annoy: the extra's packages)
     except ImportError as err:
         raise OSError(f"serving needs the export extra: pip install 'mindref[export]' ({err})") from None
     return export
@@ -487,8 +564,21 @@ def _add_model(p, epochs: int = 10, dim: int = 64) -> None:
     g.add_argument("--p", type=float, default=2.0)
     g.add_argument("--epochs", type=int, default=epochs)
     g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--negatives", type=int, default=256, help="shared sampled negatives per batch")
+    g.add_argument("--negatives", type=_negatives, default=256,
+                   help="shared sampled negatives per batch, or 'all': the full softmax of Eq. (10)")
     g.add_argument("--lr", type=float, default=3e-3)
+
+
+def _negatives(text: str) -> int | str:
+    if text == ALL_ITEMS:
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count of at least 1 or '{ALL_ITEMS}', got {text!r}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -505,7 +595,15 @@ def parser() -> argparse.ArgumentParser:
     _add_data(p)
     _add_model(p)
     p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--early-stop", choices=METRICS, metavar="METRIC",
+                   help="stop when this validation metric (e.g. NDCG@50, HR@10) has not improved for "
+                        "--patience epochs; the best epoch's parameters are kept in OUT/best")
+    p.add_argument("--patience", type=int, default=PATIENCE, help="epochs without gain (with --early-stop)")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("plot", help="a run's training loss and validation metrics per epoch, as a PNG")
+    p.add_argument("run", type=Path, help="a run folder (mindref train --out)")
+    p.add_argument("--out", required=True, type=Path, help="the PNG to write (needs the plots extra)")
+    p.set_defaults(func=cmd_plot)
     p = sub.add_parser("evaluate", help="full-ranking metrics of a checkpoint")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--data-path", type=Path, help="the run's data, if it moved (default: the recorded "
@@ -585,7 +683,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "negatives", "users", "n", "trees",
-            "oversample", "workers", "threads", "max_examples")
+            "patience", "oversample", "workers", "threads", "max_examples")
 
 
 def _given(argv: list[str] | None) -> set[str]:

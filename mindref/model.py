@@ -19,7 +19,7 @@ import numpy as np
 
 from . import attention, dense, embedding, max_score_loss, routing, sampled_softmax
 from .checks import check_float, check_ids
-from .samplers import Sampler
+from .samplers import Sampler, negatives
 from .sparse import RowSparseGrad, segment_sum, unique_ids
 
 
@@ -235,13 +235,12 @@ def loss_backward(cache: LossCache) -> dict:
 
 
 def train_draws(rng: np.random.Generator, cfg: MINDConfig, batch: Batch, sampler: Sampler,
-                num_neg: int, dtype) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """The random inputs of one training step: b0 [B, K, L], negatives [N], their log Q."""
+                num_neg: int | str, dtype) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+    """The random inputs of one training step: b0 [B, K, L], negatives [N], their log Q
+    (None for num_neg = samplers.ALL_ITEMS, the full softmax)."""
     b0 = routing.init_logits(rng, (batch.hist.shape[0], cfg.K, batch.hist.shape[1]), cfg.sigma, dtype)
-    neg = sampler.sample(rng, num_neg)
-    log_q = (sampler.log_expected_count(batch.target, num_neg).astype(dtype),
-             sampler.log_expected_count(neg, num_neg).astype(dtype))
-    return b0, neg, log_q
+    neg, log_q = negatives(sampler, rng, num_neg, batch.target)
+    return b0, neg, None if log_q is None else tuple(q.astype(dtype) for q in log_q)
 
 
 def serving_logits(params: dict, L: int) -> np.ndarray:

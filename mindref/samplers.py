@@ -5,7 +5,8 @@ log Q(y) = log(expected count of y in the draw) = log(S * P(y)) for any item y, 
 the logQ correction subtracts from the logits (Jean et al. 2015; TensorFlow's
 sampled_softmax_loss with remove_accidental_hits=True and unique=False).
 
-Items are ids 1..V-1 (0 is padding and is never drawn).
+Items are ids 1..V-1 (0 is padding and is never drawn). `negatives` draws a batch's candidates:
+S from a sampler, or with S = ALL_ITEMS every item once, the full softmax of Eq. (10).
 """
 from __future__ import annotations
 
@@ -72,3 +73,25 @@ class LogUniformSampler:
 
     def log_expected_count(self, ids: np.ndarray, num_sampled: int) -> np.ndarray:
         return np.log(num_sampled) + self.log_p[self.rank_of[ids]]
+
+
+ALL_ITEMS = "all"  # num_sampled: every item a candidate, the full softmax of Eq. (10)
+
+
+def negatives(sampler: Sampler, rng: np.random.Generator, num_sampled: int | str, targets: np.ndarray
+              ) -> tuple[np.ndarray, tuple | None]:
+    """A batch's shared negatives [N] and their log Q (log_q_pos [B], log_q_neg [N]).
+
+    num_sampled = ALL_ITEMS is Eq. (10) exactly: every item 1..V-1, no logQ correction (a uniform
+    Q shifts every logit alike; None), and the positive's own copy among them removed as an
+    accidental hit by the loss, so the softmax runs over each item once. Nothing is drawn."""
+    if num_sampled == ALL_ITEMS:
+        return np.arange(1, sampler.num_items), None
+    neg = sampler.sample(rng, num_sampled)
+    log_q = sampler.log_expected_count(targets, num_sampled), sampler.log_expected_count(neg, num_sampled)
+    return neg, log_q
+
+
+def negatives_count(num_items: int, num_sampled: int | str) -> int:
+    """Candidates besides the positive: num_sampled, or V - 1 for ALL_ITEMS."""
+    return num_items - 1 if num_sampled == ALL_ITEMS else int(num_sampled)

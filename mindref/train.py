@@ -13,7 +13,7 @@ from .adam import Adam
 from .allocator import keep_temporaries_mapped
 from .data import Dataset, EvalSet, Examples
 from .evaluate import evaluate, max_scores
-from .samplers import LogUniformSampler
+from .samplers import LogUniformSampler, negatives_count
 
 
 @dataclass
@@ -28,6 +28,8 @@ class TrainState:
     step: int = 0  # steps done in the current epoch (0 between epochs)
     order: np.ndarray | None = None  # the current epoch's example order (None between epochs)
     total: float = 0.0  # the current epoch's loss sum so far
+    curve: list = field(default_factory=list)  # per completed epoch: its loss and validation metrics
+    best: dict | None = None  # early stopping: the best epoch so far, its metric and value
 
 
 class TrainingInterrupted(Exception):
@@ -46,7 +48,7 @@ def start(cfg: M.MINDConfig, lr: float = 3e-3, dtype=np.float32) -> TrainState:
 
 
 def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_size: int = 256,
-        num_neg: int = 64, lr: float = 3e-3, dtype=np.float32, progress: Callable | None = None,
+        num_neg: int | str = 64, lr: float = 3e-3, dtype=np.float32, progress: Callable | None = None,
         state: TrainState | None = None, on_epoch: Callable | None = None,
         stop: Callable | None = None) -> TrainState:
     """Train MIND for `epochs` epochs in all (a resumed state continues where it stopped).
@@ -54,7 +56,8 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
     Seeded by cfg.seed: the same inputs give bit-identical parameters on one machine, whether or
     not the run was stopped and resumed, between epochs or within one. progress(epoch, step,
     steps, loss) is called after every step, on_epoch(state) after every epoch (to write a
-    checkpoint); when stop() turns true (checked after every step, e.g. set by Ctrl-C), fit raises
+    checkpoint, to validate; when it returns True, training ends there: early stopping); when
+    stop() turns true (checked after every step, e.g. set by Ctrl-C), fit raises
     TrainingInterrupted carrying the state, which save_state writes and fit(state=...) resumes.
     """
     if len(train.target) == 0:
@@ -94,19 +97,19 @@ def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_
                                      "learning rate (the last checkpoint is kept)")
         state.losses.append(state.total / steps)
         state.epoch, state.order, state.step, state.total = state.epoch + 1, None, 0, 0.0
-        if on_epoch is not None:
-            on_epoch(state)
+        if on_epoch is not None and on_epoch(state):
+            break
         if stop is not None and stop() and state.epoch < epochs:
             raise TrainingInterrupted(state)
     return state
 
 
-def training_bytes(cfg: M.MINDConfig, batch_size: int, num_neg: int, itemsize: int = 4) -> int:
+def training_bytes(cfg: M.MINDConfig, batch_size: int, num_neg: int | str, itemsize: int = 4) -> int:
     """About how much memory training takes: each parameter four times (itself, its gradient and
     Adam's two moments) and a step's largest activations ([B, K, L, d] routing, [B, K, N] scores)."""
     params = sum(int(np.prod(s)) for s in M.param_shapes(cfg).values())
     B, K, L, d = batch_size, cfg.K, cfg.max_len, cfg.dim
-    activations = 8 * B * K * L * d + 6 * B * K * (num_neg + B)
+    activations = 8 * B * K * L * d + 6 * B * K * (negatives_count(cfg.num_items, num_neg) + B)
     return (4 * params + activations) * itemsize
 
 
@@ -119,7 +122,7 @@ def available_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(cfg: M.MINDConfig, batch_size: int, num_neg: int, itemsize: int = 4) -> None:
+def check_memory(cfg: M.MINDConfig, batch_size: int, num_neg: int | str, itemsize: int = 4) -> None:
     """MemoryError before any allocation when training cannot fit in the memory available."""
     need, have = training_bytes(cfg, batch_size, num_neg, itemsize), available_memory()
     if need > have:
@@ -155,7 +158,7 @@ def save_state(folder, state: TrainState, cfg: M.MINDConfig, data: dict, fit_arg
     epoch the example order, the steps done and the loss sum so far."""
     train = {"epoch": state.epoch, "losses": state.losses, "adam_step": state.opt.t,
              "lr": state.opt.lr, "rng": state.rng.bit_generator.state, "fit": fit_args,
-             "step": state.step, "total": state.total}
+             "step": state.step, "total": state.total, "curve": state.curve, "best": state.best}
     extra = {"order": state.order} if state.order is not None else {}
     checkpoint.save(folder, state.params, cfg, data, train, {"m": state.opt.m, "v": state.opt.v}, extra)
 
@@ -172,5 +175,5 @@ def load_state(folder) -> tuple[TrainState, M.MINDConfig, dict]:
     rng = np.random.default_rng()
     rng.bit_generator.state = train["rng"]
     state = TrainState(params, opt, rng, train["epoch"], list(train["losses"]), train.get("step", 0), order,
-                       train.get("total", 0.0))
+                       train.get("total", 0.0), list(train.get("curve", [])), train.get("best"))
     return state, cfg, manifest

@@ -181,6 +181,41 @@ def test_bundle_arrays_are_mapped_once_and_used_in_place(trained, tmp_path):
     assert not np.allclose(bundle.tower.run(hist).interests, out.interests)
 
 
+def test_a_catalogue_in_many_blocks_is_served_from_the_mapped_rows(trained, tmp_path, monkeypatch):
+    """topn.onnx's blocks each point at their own rows of item_vectors.npy; the load hands each
+    block a view of those rows (no copy), so the graph equals NumPy's exact search and sees a write
+    into the last block's rows; an initializer pointing between rows is refused."""
+    import onnx
+
+    from mindref.export import topn
+    ds, test, cfg, params, _ = trained
+    monkeypatch.setattr(topn, "BLOCK", 7)  # a catalogue of cfg.num_items items in blocks of 7
+    export_bundle(tmp_path / "b", params, cfg, ds, n_trees=5, seed=0)
+    graph = onnx.load(str(tmp_path / "b" / "topn.onnx"), load_external_data=False)
+    offsets = [int(e.value) for t in graph.graph.initializer for e in t.external_data if e.key == "offset"]
+    assert len(offsets) == -(-cfg.num_items // 7) and offsets == sorted(set(offsets))
+    bundle = load_bundle(tmp_path / "b", "cpu")
+    held = bundle.retriever.topn.session.mindref_initializers
+    assert all(np.shares_memory(v.numpy(), bundle.E) for v in held.values())
+    out = bundle.tower.run(test.hist[:20])
+    for got, want in zip(bundle.retriever.retrieve(out.interests, out.mask, test.hist[:20], 10, "onnx"),
+                         bundle.retriever.retrieve(out.interests, out.mask, test.hist[:20], 10, "exact")):
+        np.testing.assert_array_equal(got.items, want.items)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5)
+    last = cfg.num_items - 1
+    _write_in_place(tmp_path / "b" / "item_vectors.npy", last, 1e3 * out.interests[0, 0])
+    top = bundle.retriever.retrieve(out.interests[:1], out.mask[:1], test.hist[:1], 1, "onnx")[0]
+    assert top.items[0] == last
+    for t in graph.graph.initializer:
+        for e in t.external_data:
+            if e.key == "offset" and t.name == "item_vectors_1":
+                e.value = str(int(e.value) + 4)  # half a row off
+    from mindref.export.bundle import _external
+    with pytest.raises(BundleError, match="item_vectors_1 points to 'item_vectors.npy'.*not a run of rows"):
+        _external(tmp_path / "b" / "topn.onnx", graph.SerializeToString(),
+                  {"item_vectors.npy": (bundle.E, offsets[0])})
+
+
 def test_a_bundle_replaced_after_loading_leaves_the_loaded_one_as_it_was(trained, tmp_path):
     """Replacing the files (as `export --force` does: new files renamed over the old ones) does not
     reach a loaded bundle: its mappings stay on the files it verified."""

@@ -58,21 +58,22 @@ def assert_same(expected, items, scores, interest, E, V_u, mask):
         np.testing.assert_array_equal(k[~differ], want.interests[~differ])
 
 
-@given(case=cases())
-def test_reference_evaluator_matches_numpy(case):
+@given(case=cases(), block=st.integers(1, 45))
+def test_reference_evaluator_matches_numpy(case, block):
+    """Any block size: one block, blocks of one item, a last block shorter than the rest."""
     E, V_u, mask, hist, n = case
-    model = build_topn(E, V_u.shape[1])
+    model = build_topn(E, V_u.shape[1], block=block)
     ref = ReferenceEvaluator(model)
     items, scores, interest = ref.run(None, {"interests": V_u, "interest_mask": mask, "history": hist,
                                              "n": np.array([min(n, len(E))], np.int64)})
     assert_same(numpy_top(E, V_u, mask, hist, n), items, scores, interest, E, V_u, mask)
 
 
-@given(case=cases())
-def test_onnxruntime_matches_numpy(case):
+@given(case=cases(), block=st.integers(1, 45))
+def test_onnxruntime_matches_numpy(case, block):
     E, V_u, mask, hist, n = case
-    session = TopNSession(build_topn(E, V_u.shape[1]).SerializeToString(), len(E), V_u.shape[1], "cpu",
-                          budget=4 * V_u.shape[1] * len(E) * 2)  # two users a run: the chunking is exercised
+    session = TopNSession(build_topn(E, V_u.shape[1], block=block).SerializeToString(), len(E), V_u.shape[1],
+                          "cpu", chunk=2)  # two users a run: the chunking is exercised
     items, scores, interest = session.run(V_u, mask, hist, n)
     assert_same(numpy_top(E, V_u, mask, hist, n), items, scores, interest, E, V_u, mask)
     via = Retriever(E, topn=session).retrieve(V_u, mask, hist, n, "onnx")
@@ -109,9 +110,11 @@ def test_large_catalogues_use_external_data_in_item_vectors_npy(tmp_path):
     E[0] = 0
     np.save(tmp_path / "item_vectors.npy", E)
     npy = (tmp_path / "item_vectors.npy").read_bytes()
-    model = build_topn(E, 2, external_above=1000, npy_offset=npy_data_offset(npy))
+    model = build_topn(E, 2, external_above=1000, npy_offset=npy_data_offset(npy), block=16)  # 16+16+16+12
     (tmp_path / "topn.onnx").write_bytes(model.SerializeToString())
-    assert (tmp_path / "topn.onnx").stat().st_size < 2000 < E.nbytes  # 60 x 32 x 4 = 7,680 bytes apart
+    blocks = [t for t in model.graph.initializer if t.name.startswith("item_vectors_")]
+    assert len(blocks) == 4 and all(t.data_location == onnx.TensorProto.EXTERNAL for t in blocks)
+    assert sum(len(t.raw_data) for t in model.graph.initializer) < 500  # the graph's constants only
     onnx.checker.check_model(str(tmp_path / "topn.onnx"))
     V_u = rng.normal(size=(3, 2, 32)).astype(np.float32)
     mask = np.array([[True, True], [True, False], [True, True]])
@@ -136,6 +139,6 @@ def test_a_masked_copy_of_interest_0_never_wins_by_a_rounding():
                     [[0.9189133, 0.14118579, 0.22197124], [-0.6337704, 0.6115377, -0.45327246],
                      [0.58405256, 0.21165031, -0.89471865]]], np.float32)
     mask = np.array([[True, False, False], [True, True, True]])
-    session = TopNSession(build_topn(E, 3).SerializeToString(), 3, 3, "cpu", budget=4 * 3 * 3 * 2)
+    session = TopNSession(build_topn(E, 3).SerializeToString(), 3, 3, "cpu", chunk=2)
     items, _, interest = session.run(V_u, mask, np.array([[0], [1]]), 1)
     assert items.tolist() == [[2], [2]] and interest[0, 0] == 0

@@ -1,0 +1,121 @@
+"""Learning curves and the training knobs that shape the top of the ranking (issue 15).
+
+    python bench/curves.py --data ml-100k --out curves-ml.jsonl                  # default grid, seed 0
+    python bench/curves.py --data beauty --only default "negatives=all" --seeds 0 1 2
+    python bench/curves.py --summary curves-ml.jsonl curves-beauty.jsonl         # mean +- SE table
+
+Each configuration is `mindref train`'s defaults with some flags changed (parsed by mindref's own
+command line, so "default" is exactly what `mindref train` runs). Every run: up to --epochs epochs,
+each followed by a full-ranking validation (HR@10, HR@50, NDCG@50); early stopping on validation
+NDCG@50 with --patience; the best epoch's parameters evaluated on test. Item-CF and WALS (the
+classic baselines of the paper's Table 2) are evaluated on the same splits ("baselines" rows). One
+JSON line per run: the curve, the best epoch, its test metrics, samples/s and minutes.
+Leave-one-out, full ranking, history excluded; Beauty with category rule 'last' as the published
+grid (bench/common.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import load  # noqa: E402
+
+from mindref import baselines  # noqa: E402
+from mindref.cli import _config, _fit_args, parser  # noqa: E402
+from mindref.data import leave_one_out  # noqa: E402
+from mindref.evaluate import evaluate  # noqa: E402
+from mindref.train import evaluate_model, fit  # noqa: E402
+
+GRID = {
+    "default": [], "negatives=1024": ["--negatives", "1024"], "negatives=2048": ["--negatives", "2048"],
+    "negatives=4096": ["--negatives", "4096"],
+    "negatives=all": ["--negatives", "all"], "dim=128": ["--dim", "128"], "lr=1e-3": ["--lr", "1e-3"],
+    "max_len=20": ["--max-len", "20"], "hidden=none": ["--hidden"], "K=1": ["--K", "1"],
+    "negatives=all, K=1": ["--negatives", "all", "--K", "1"],
+}
+SHOWN = ("HR@10", "HR@50", "HR@100", "NDCG@50")
+
+
+def run(ds, name: str, flags: list, seed: int, epochs: int, patience: int) -> dict:
+    args = parser().parse_args(["train", *flags, "--seed", str(seed), "--epochs", str(epochs), "--out", "-"])
+    cfg, fit_args = _config(args, ds), _fit_args(args)
+    train, valid, test = leave_one_out(ds, cfg.max_len)
+    curve, best = [], {"value": -1.0}
+
+    def on_epoch(state) -> bool:
+        m = evaluate_model(state.params, cfg, ds, valid)
+        curve.append({"epoch": state.epoch, "loss": round(state.losses[-1], 4),
+                      **{k: round(m[k], 4) for k in ("HR@10", "HR@50", "NDCG@50")}})
+        if m["NDCG@50"] > best["value"]:
+            kept = {k: v.copy() for k, v in state.params.items()}  # the best epoch's parameters
+            best.update(epoch=state.epoch, value=m["NDCG@50"], params=kept)
+        print(f"  {name} seed {seed}: " + json.dumps(curve[-1]), file=sys.stderr, flush=True)
+        return state.epoch - best["epoch"] >= patience
+
+    t0 = time.perf_counter()
+    state = fit(cfg, ds, train, **{**fit_args, "epochs": epochs}, on_epoch=on_epoch)
+    seconds = time.perf_counter() - t0
+    return {"model": name, "flags": flags, "seed": seed, "curve": curve, "best_epoch": best["epoch"],
+            "epochs_run": state.epoch, "test": evaluate_model(best["params"], cfg, ds, test),
+            "valid": {k: curve[best["epoch"] - 1][k] for k in ("HR@10", "HR@50", "NDCG@50")},
+            "minutes": round(seconds / 60, 2),
+            "samples_per_s": round(state.epoch * len(train.target) / seconds)}  # validation included
+
+
+def classic(ds) -> list[dict]:
+    train, _, test = leave_one_out(ds, 50)
+    R = baselines.interactions(train, len(ds.sequences), ds.num_items)
+    rows = []
+    for name, make in (("ItemCF", lambda: baselines.ItemCF(R)), ("WALS", lambda: baselines.WALS(R, dim=64))):
+        rows.append({"model": name, "seed": 0, "test": evaluate(make(), test, ds.num_items)})
+    return rows
+
+
+def summary(paths: list[Path]) -> None:
+    rows = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["data"], r["model"]), []).append(r)
+    print(f"{'data':<9}{'model':<22}{'seeds':>6}" + "".join(f"{m:>17}" for m in SHOWN) + f"{'epochs':>9}")
+    for (data, model), rs in groups.items():
+        cells = []
+        for m in SHOWN:
+            xs = [r["test"][m] for r in rs]
+            se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
+            cells.append(f"{statistics.mean(xs):.4f}+-{se:.4f}")
+        epochs = "/".join(str(r.get("best_epoch", "-")) for r in rs)
+        print(f"{data:<9}{model:<22}{len(rs):>6}" + "".join(f"{c:>17}" for c in cells) + f"{epochs:>9}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="ml-100k", help="ml-100k or beauty")
+    ap.add_argument("--out", type=Path, help="JSON lines, appended")
+    ap.add_argument("--only", nargs="*", choices=["baselines", *GRID], help="some runs (default: all)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0])
+    ap.add_argument("--epochs", type=int, default=30, help="at most (early stopping on valid NDCG@50)")
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--summary", type=Path, nargs="*", help="print the mean +- SE table of these files")
+    args = ap.parse_args()
+    if args.summary:
+        return summary(args.summary)
+    if args.out is None:
+        ap.error("--out is required (or --summary FILES)")
+    ds = load(args.data)
+    for name in args.only or ["baselines", *GRID]:
+        rows = classic(ds) if name == "baselines" else [
+            run(ds, name, GRID[name], seed, args.epochs, args.patience) for seed in args.seeds]
+        for row in rows:
+            with open(args.out, "a") as f:
+                f.write(json.dumps({"data": args.data, **row}) + "\n")
+            print(f"{args.data} {row['model']} seed {row['seed']}: test " + " ".join(
+                f"{m} {row['test'][m]:.4f}" for m in SHOWN), flush=True)
+
+
+if __name__ == "__main__":
+    main()
