@@ -37,6 +37,8 @@ GRID = {
     "negatives=all": ["--negatives", "all"], "dim=128": ["--dim", "128"], "lr=1e-3": ["--lr", "1e-3"],
     "max_len=20": ["--max-len", "20"], "hidden=none": ["--hidden"], "K=1": ["--K", "1"],
     "negatives=all, K=1": ["--negatives", "all", "--K", "1"],
+    "negatives=2048, K=1": ["--negatives", "2048", "--K", "1"],
+    "negatives=all, dim=128": ["--negatives", "all", "--dim", "128"],
 }
 SHOWN = ("HR@10", "HR@50", "HR@100", "NDCG@50")
 

@@ -34,3 +34,14 @@ def require(module: str):
     if os.environ.get("CI") == "true":
         return __import__(module)
     return pytest.importorskip(module)
+
+
+def _sigint_default() -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# for a subprocess a test sends SIGINT to: a test run started in the background (`cmd &` in a
+# non-interactive shell, as CI may) inherits SIGINT ignored, and Python then never turns it into
+# KeyboardInterrupt; the child gets the default disposition back, as from a terminal
+INTERRUPTIBLE = {"preexec_fn": _sigint_default}

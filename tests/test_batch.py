@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import INTERRUPTIBLE, require
 
 from mindref.cli import main
 
@@ -191,7 +191,7 @@ def test_ctrl_c_of_a_ray_driver_leaves_nothing_and_a_rerun_completes(world, tmp_
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "mindref", "batch", "--bundle", str(world / "bundle"), "--users",
            str(world / "users.parquet"), "--out", str(out), "--engine", "ray", "--workers", "1"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, **INTERRUPTIBLE)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.tmp-*")) and time.time() < deadline:
         time.sleep(0.05)  # the job has verified the bundle and is starting Ray

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import INTERRUPTIBLE
 
 from mindref import checkpoint
 from mindref.cli import main
@@ -64,7 +65,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     args = [*SMALL, "--users", "400", "--epochs", "6", "--batch-size", "16"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "mindref", "train", *args, "--out", str(tmp_path / "a")],
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, **INTERRUPTIBLE)
     deadline = time.time() + 120
     while not (tmp_path / "a" / "config.json").exists() and time.time() < deadline:
         time.sleep(0.05)  # the first epoch's checkpoint: training is under way

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import INTERRUPTIBLE, require
 
 from mindref import checkpoint
 from mindref.cli import main
@@ -191,7 +191,7 @@ def test_impossible_values_are_refused_by_flag(run, tmp_path, capsys):
 def test_ctrl_c_during_compare_stops_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mindref", "compare", *SMALL, "--users", "400",
                              "--epochs", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, **INTERRUPTIBLE)
     first = proc.stderr.readline()  # "MostPopular: 0s": the command is under way, its handlers in place
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
