@@ -39,6 +39,7 @@ GRID = {
     "negatives=all, K=1": ["--negatives", "all", "--K", "1"],
     "negatives=2048, K=1": ["--negatives", "2048", "--K", "1"],
     "negatives=all, dim=128": ["--negatives", "all", "--dim", "128"],
+    "negatives=all, max_len=20": ["--negatives", "all", "--max-len", "20"],
 }
 SHOWN = ("HR@10", "HR@50", "HR@100", "NDCG@50")
 
