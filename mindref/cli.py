@@ -215,6 +215,9 @@ def cmd_train(args) -> int:
         check_fingerprint(spec, ds)
         spec = {**spec, "fingerprint": spec.get("fingerprint") or fingerprint(ds)}
     train, valid, _ = split(ds, spec, splits)
+    if "patience" in args.given and not fit_args.get("early_stop"):
+        raise ValueError("--patience counts epochs without gain in the --early-stop metric; give "
+                         "--early-stop METRIC too")
     if fit_args.get("early_stop") and not len(valid.users):
         raise ValueError("--early-stop needs validation cases (users with >= 3 behaviours); "
                          "this data has none")

@@ -104,3 +104,9 @@ def test_negatives_flag_takes_a_count_or_all(tmp_path, capsys):
     assert "expected a count of at least 1 or 'all', got '0'" in capsys.readouterr().err
     assert main(["train", *SMALL, "--negatives", "all", "--epochs", "1", "--out", str(tmp_path / "b")]) == 0
     assert checkpoint.read_manifest(tmp_path / "b")["train"]["fit"]["num_neg"] == "all"
+
+
+def test_patience_alone_is_refused(tmp_path, capsys):
+    assert main(["train", *SMALL, "--patience", "2", "--out", str(tmp_path / "a")]) == 2
+    assert "give --early-stop METRIC too" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
