@@ -64,6 +64,8 @@ def curve_figure(curve: list, path: Path, title: str, best: dict | None = None) 
     mindref train records it ({"epoch", "loss", "valid": {metric: value}} per epoch)."""
     plt = pyplot()
     epochs = [p["epoch"] for p in curve]
+    from matplotlib.ticker import MaxNLocator
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     left.plot(epochs, [p["loss"] for p in curve], marker="o", color="black")
     left.set(xlabel="epoch", ylabel="training loss (sampled softmax, mean)", title="loss")
@@ -79,6 +81,8 @@ def curve_figure(curve: list, path: Path, title: str, best: dict | None = None) 
             ax.axvline(best["epoch"], color="grey", linestyle="--", linewidth=1)
         right.annotate(f"best: epoch {best['epoch']}", (best["epoch"], best["value"]),
                        textcoords="offset points", xytext=(4, -12), fontsize=8, color="grey")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
