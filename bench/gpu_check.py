@@ -33,7 +33,7 @@ def sessions(items: int, provider: str, seed: int = 0):
     fields = (np.r_[0, 1 + np.arange(items) % 20].astype(np.int64)[:, None],)
     E, _ = catalog(params, fields, cfg.num_items)
     tower = TowerSession(build_tower(params, cfg, fields).SerializeToString(), cfg, fields, provider)
-    topn = TopNSession(build_topn(E, cfg.K).SerializeToString(), cfg.num_items, cfg.K, provider)
+    topn = TopNSession(build_topn(E, cfg.K).SerializeToString(), cfg.num_items, provider)
     return cfg, tower, topn
 
 

@@ -47,13 +47,13 @@ def main() -> None:
     mask = np.ones((args.users, 4), bool)
     mask[::3, 3] = False
     hist = rng.integers(1, args.items, (args.users, 30))
-    default = TopNSession(build_topn(E, 4).SerializeToString(), len(E), 4, "cpu", args.threads)
+    default = TopNSession(build_topn(E, 4).SerializeToString(), len(E), "cpu", args.threads)
     want = default.run(V, mask, hist, 50)
     grid = {}
     for block in [*args.blocks, len(E)]:
         graph = build_topn(E, 4, block=block).SerializeToString()
         for chunk in args.chunks:
-            session = TopNSession(graph, len(E), 4, "cpu", args.threads, chunk=chunk)
+            session = TopNSession(graph, len(E), "cpu", args.threads, chunk=chunk)
             got = session.run(V, mask, hist, 50)
             if not all(np.array_equal(a, b) for a, b in zip(got, want)):
                 raise SystemExit(f"block {block}, chunk {chunk}: answers differ from the default graph's")
@@ -84,7 +84,7 @@ def main() -> None:
     total = sum(per_node.values())
     print(json.dumps({op: f"{ms:.1f} ms ({ms / total:.0%})" for op, ms in
                       sorted(per_node.items(), key=lambda kv: -kv[1]) if ms >= 0.1}))
-    packed = TopNSession(model, len(E), 4, "cpu", args.threads)
+    packed = TopNSession(model, len(E), "cpu", args.threads)
     packed.session = make_session(model, "cpu", args.threads, prepack=True)
     rates = {"unpacked": [], "prepacked": []}
     for _ in range(args.rounds):

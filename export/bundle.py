@@ -136,7 +136,7 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy
                "field_labels": [list(v) for v in ds.field_labels], "profile_names": list(ds.profile_names),
                "profile_labels": [list(v) for v in ds.profile_labels]}
     atomic_write(folder / "items.json", json.dumps(catalog).encode())
-    session = TopNSession(topn.SerializeToString(), cfg.num_items, cfg.K, shared=block_views(E),
+    session = TopNSession(topn.SerializeToString(), cfg.num_items, shared=block_views(E),
                           folder=str(folder))
     search = measure_search(Retriever(E, index, topn=session), cfg.K)
     written = [name for name in (*FILES, *OPTIONAL) if (folder / name).exists()]
@@ -243,7 +243,7 @@ def load_bundle(path: str | Path, provider: str = "auto", threads: int | None = 
     index = _annoy(path / "items.ann", listed.get("items.ann"), cfg, manifest)
     topn = None
     if TOPN in small:
-        topn = TopNSession(small[TOPN], cfg.num_items, cfg.K, provider, threads,
+        topn = TopNSession(small[TOPN], cfg.num_items, provider, threads,
                            **_external(path / TOPN, small[TOPN], arrays))
     auto = manifest.get("search", {}).get("auto")  # the search measured fastest at export
     retriever = Retriever(E, index, oversample, search_k, topn=topn, auto=auto)

@@ -30,10 +30,11 @@ round every column alike). Every row of interest_mask must hold interest 0 (TopN
 A row whose entries are all -inf (n larger than what is left) is trimmed by the caller.
 
 Measured choices (bench/topn_profile.py, docs/results.md): blocks of 32,768 items and runs of 32
-users were the fastest of 8,192..65,536 and 16..128 at 1M items, 1.4x the unblocked graph at one
-thread and two; with E_b as the MatMul's first operand onnxruntime streams it as it lies, so the
-catalogue needs no packed copy per worker and stays shared (export/arrays.py); masking the scores
-instead of replacing masked interests took 1.2x to 3.4x the product's own time.
+users were among the fastest of 8,192..65,536 and 16..128 at 1M items (65,536 within noise, with
+twice the scores' memory), 1.3x-1.4x the unblocked graph at one thread and two; with E_b as the
+MatMul's first operand onnxruntime streams it as it lies, so the catalogue needs no packed copy
+per worker and stays shared (export/arrays.py); masking the scores instead of replacing masked
+interests took 1.2x to 3.4x the product's own time.
 
 In a bundle each block is ONNX external data pointing into the bundle's item_vectors.npy at its
 rows' offset: the vectors are stored once, the graph file stays small, and loading maps them once
@@ -48,6 +49,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from mindref import __version__
+from mindref.checks import check_ids
 
 from .arrays import VECTORS_FILE, point_into
 from .runtime import make_session
@@ -60,7 +62,7 @@ CHUNK = 32  # users per session.run (measured with BLOCK)
 
 def blocks(V: int, block: int | None = None) -> list[tuple[str, int, int]]:
     """The catalogue's blocks of `block` items (None: BLOCK): (initializer name, first row, rows)."""
-    block = block or BLOCK
+    block = BLOCK if block is None else block
     return [(f"item_vectors_{b}", o, min(block, V - o)) for b, o in enumerate(range(0, V, block))]
 
 
@@ -75,7 +77,7 @@ def build_topn(E: np.ndarray, K: int, external_above: int = EXTERNAL_ABOVE,
     `block` items (None: BLOCK). External data (E larger than external_above bytes) needs
     npy_offset: where E's bytes start in item_vectors.npy."""
     V, d = E.shape
-    block = block or BLOCK
+    block = BLOCK if block is None else block
     if block < 1:
         raise ValueError(f"block must be at least 1 item, got {block}")
     external = E.nbytes > external_above
@@ -158,7 +160,7 @@ def build_topn(E: np.ndarray, K: int, external_above: int = EXTERNAL_ABOVE,
 class TopNSession:
     """The top-n graph on onnxruntime; users `chunk` at a time."""
 
-    def __init__(self, model: bytes | str, V: int, K: int, provider: str = "auto", threads: int | None = None,
+    def __init__(self, model: bytes | str, V: int, provider: str = "auto", threads: int | None = None,
                  chunk: int = CHUNK, **external):
         """external: make_session's `shared` and `folder` (a graph with external data). Prepacking
         stays off: the MatMuls read the (memory-mapped, shared) catalogue where it lies."""
@@ -172,10 +174,7 @@ class TopNSession:
         """items, scores, interest [B, min(n, V)]; excluded slots have score -inf."""
         if not mask[:, 0].all():
             raise ValueError("interest_mask: interest 0 must be valid in every row (K'_u >= 1, Eq. 9)")
-        history = np.ascontiguousarray(history, np.int64)
-        if history.size and (history.min() < 0 or history.max() >= self.V):
-            raise ValueError(f"history: item ids must be in [0, {self.V}), got "
-                             f"{history.min()}..{history.max()}")
+        history = check_ids("history", np.ascontiguousarray(history, np.int64), self.V)
         feeds = {"interests": np.ascontiguousarray(V_u, np.float32), "interest_mask": mask.astype(bool),
                  "history": history}
         k = np.array([min(n, self.V)], np.int64)

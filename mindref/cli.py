@@ -35,7 +35,7 @@ from .datasets import (
     resolved_path,
     split,
 )
-from .evaluate import CUTOFFS, evaluate
+from .evaluate import METRICS, evaluate
 from .model import MINDConfig
 from .outputs import check_output
 from .readers import DataNote, decoded_lines
@@ -47,7 +47,6 @@ SEARCHES = ("auto", "exact", "onnx", "annoy")  # mindref.export.SEARCHES, which 
 SEARCH_HELP = ("exact: Eq. (3) over every item in NumPy; onnx: the same in the bundle's top-n graph; "
                "annoy: the index; auto: the fastest, measured when the bundle was exported")
 COLUMNS = ("HR@10", "HR@50", "HR@100", "Recall@50", "NDCG@50")
-METRICS = tuple(f"{m}@{n}" for m in ("HR", "Recall", "NDCG") for n in CUTOFFS)  # evaluate's keys
 PATIENCE = 3  # --early-stop: epochs without gain
 BEST = "best"  # OUT/best: the best epoch's parameters (--early-stop)
 
@@ -75,14 +74,22 @@ class _NoBar:
         pass
 
 
+def _tqdm():
+    """tqdm's class, or None without the progress extra."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
 def _bar(total: int, desc: str, unit: str):
     """A tqdm bar when tqdm is installed (shown when stderr is a terminal), else a no-op. Its rate
     and time left are the run's average (smoothing 0), the same average as the samples/s a
     training bar shows: tqdm's default moving average jumped at every epoch's checkpoint and
     promised minutes that never came."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
+    tqdm = _tqdm()
+    if tqdm is None:
         return _NoBar()
     return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=None,
                 mininterval=0.5, smoothing=0)
@@ -142,12 +149,11 @@ def _on_epoch(out: Path, cfg: MINDConfig, ds, valid, spec: dict, fit_args: dict)
 
 def _say(line: str) -> None:
     """A line on stderr that does not tear the progress bar."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
+    tqdm = _tqdm()
+    if tqdm is None:
         print(line, file=sys.stderr)
-        return
-    tqdm.write(line, file=sys.stderr)
+    else:
+        tqdm.write(line, file=sys.stderr)
 
 
 def _train(cfg, ds, train, fit_args: dict, desc: str, state=None, on_epoch=None, stop=None):
@@ -365,7 +371,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    run = Path(args.run)
+    run = args.run
     check_output(args.out, {"the run": run})  # never into the run's folder
     manifest = checkpoint.read_manifest(run)
     train = manifest.get("train") or {}
@@ -375,7 +381,6 @@ def cmd_plot(args) -> int:
                          "none finished an epoch); train it again with `mindref train`")
     from .export import plots  # matplotlib only (the plots extra)
 
-    plots.pyplot()
     cfg = manifest.get("config", {})
     drawn = plots.curve_figure(curve, args.out, f"{run.name}: MIND K={cfg.get('K')}, "
                                f"{train.get('fit', {}).get('num_neg')} negatives", train.get("best"))
@@ -685,8 +690,8 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "negatives", "users", "n", "trees",
-            "patience", "oversample", "workers", "threads", "max_examples")
+POSITIVE = ("K", "dim", "max_len", "iterations", "epochs", "batch_size", "users", "n", "trees", "patience",
+            "oversample", "workers", "threads", "max_examples")
 
 
 def _given(argv: list[str] | None) -> set[str]:

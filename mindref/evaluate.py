@@ -21,6 +21,7 @@ import numpy as np
 from .data import pad
 
 CUTOFFS = (10, 20, 50, 100)
+METRICS = tuple(f"{m}@{n}" for m in ("HR", "Recall", "NDCG") for n in CUTOFFS)  # metrics()'s keys
 
 
 def max_scores(V: np.ndarray, capsule_mask: np.ndarray, E: np.ndarray) -> np.ndarray:

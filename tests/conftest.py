@@ -45,3 +45,8 @@ def _sigint_default() -> None:
 # non-interactive shell, as CI may) inherits SIGINT ignored, and Python then never turns it into
 # KeyboardInterrupt; the child gets the default disposition back, as from a terminal
 INTERRUPTIBLE = {"preexec_fn": _sigint_default}
+
+
+# a small synthetic training run's flags, shared by the command-line tests
+SMALL = ["--data-format", "synthetic", "--users", "150", "--dim", "8", "--K", "3", "--hidden", "16",
+         "--max-len", "20", "--batch-size", "64", "--negatives", "16"]

@@ -9,16 +9,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import INTERRUPTIBLE
+from conftest import INTERRUPTIBLE, SMALL
 
 from mindref import checkpoint
 from mindref.cli import main
 from mindref.data import leave_one_out, synthetic
 from mindref.model import MINDConfig
 from mindref.train import TrainingInterrupted, fit, load_state, save_state
-
-SMALL = ["--data-format", "synthetic", "--users", "150", "--dim", "8", "--K", "3", "--hidden", "16",
-         "--max-len", "20", "--batch-size", "64", "--negatives", "16"]
 
 
 def small_run():

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import SMALL, require
 from scipy.special import logsumexp
 
 from mindref import checkpoint
@@ -14,9 +14,6 @@ from mindref.cli import main
 from mindref.data import leave_one_out, synthetic
 from mindref.evaluate import max_scores
 from mindref.samplers import ALL_ITEMS, LogUniformSampler
-
-SMALL = ["--data-format", "synthetic", "--users", "150", "--dim", "8", "--K", "3", "--hidden", "16",
-         "--max-len", "20", "--batch-size", "64", "--negatives", "16"]
 
 
 @pytest.fixture

@@ -10,16 +10,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import INTERRUPTIBLE, require
+from conftest import INTERRUPTIBLE, SMALL, require
 
 from mindref import checkpoint
 from mindref.cli import main
 from mindref.data import EvalSet
 from mindref.evaluate import evaluate
 from mindref.readers import DataFormatError, DataNote, read_interactions_csv
-
-SMALL = ["--data-format", "synthetic", "--users", "150", "--dim", "8", "--K", "3", "--hidden", "16",
-         "--max-len", "20", "--batch-size", "64", "--negatives", "16"]
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,7 @@ def test_reference_evaluator_matches_numpy(case, block):
 @given(case=cases(), block=st.integers(1, 45))
 def test_onnxruntime_matches_numpy(case, block):
     E, V_u, mask, hist, n = case
-    session = TopNSession(build_topn(E, V_u.shape[1], block=block).SerializeToString(), len(E), V_u.shape[1],
+    session = TopNSession(build_topn(E, V_u.shape[1], block=block).SerializeToString(), len(E),
                           "cpu", chunk=2)  # two users a run: the chunking is exercised
     items, scores, interest = session.run(V_u, mask, hist, n)
     assert_same(numpy_top(E, V_u, mask, hist, n), items, scores, interest, E, V_u, mask)
@@ -94,7 +94,7 @@ def test_the_interest_mask_decides(tmp_path):
     assert not winner.any()
     want = Retriever(E).retrieve(V_u, mask, np.zeros((1, 1), np.int64), 3, "exact")[0]
     assert want.items.tolist() == [3, 2, 1] and not want.interests.any()
-    session = TopNSession(build_topn(E, 2).SerializeToString(), 4, 2, "cpu")
+    session = TopNSession(build_topn(E, 2).SerializeToString(), 4, "cpu")
     items, scores, interest = session.run(V_u, mask, np.zeros((1, 1), np.int64), 3)
     assert items.tolist() == [[3, 2, 1]] and not interest.any()
     np.testing.assert_allclose(scores, [[0.3, 0.2, 0.1]], rtol=1e-6)
@@ -120,7 +120,7 @@ def test_large_catalogues_use_external_data_in_item_vectors_npy(tmp_path):
     mask = np.array([[True, True], [True, False], [True, True]])
     hist = rng.integers(0, 60, (3, 7))
     want = numpy_top(E, V_u, mask, hist, 25)
-    session = TopNSession(str(tmp_path / "topn.onnx"), 60, 2, "cpu")
+    session = TopNSession(str(tmp_path / "topn.onnx"), 60, "cpu")
     assert_same(want, *session.run(V_u, mask, hist, 25), E, V_u, mask)
     ref = ReferenceEvaluator(str(tmp_path / "topn.onnx"))
     out = ref.run(None, {"interests": V_u, "interest_mask": mask, "history": hist, "n": np.array([25])})
@@ -139,6 +139,6 @@ def test_a_masked_copy_of_interest_0_never_wins_by_a_rounding():
                     [[0.9189133, 0.14118579, 0.22197124], [-0.6337704, 0.6115377, -0.45327246],
                      [0.58405256, 0.21165031, -0.89471865]]], np.float32)
     mask = np.array([[True, False, False], [True, True, True]])
-    session = TopNSession(build_topn(E, 3).SerializeToString(), 3, 3, "cpu", chunk=2)
+    session = TopNSession(build_topn(E, 3).SerializeToString(), 3, "cpu", chunk=2)
     items, _, interest = session.run(V_u, mask, np.array([[0], [1]]), 1)
     assert items.tolist() == [[2], [2]] and interest[0, 0] == 0
