@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,31 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def png_path(path, flag: str) -> Path:
+    """Where a figure goes: a file name ending in .png, not a folder (matplotlib would otherwise
+    append .png to the name, or take the format from another suffix, and the file said to be
+    written would not be the one written)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path}: is a folder; give a file name ending in .png")
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{flag} {path}: give a file name ending in .png")
+    return path
+
+
+def _save(plt, fig, path: Path, dpi: int) -> Path:
+    """The figure as a PNG, written under a temporary name and renamed: a file under its own name
+    is always a complete picture."""
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def explain_figure(x, path: Path, items: int = 5) -> Path:
@@ -47,9 +73,7 @@ def explain_figure(x, path: Path, items: int = 5) -> Path:
         side.text(0, k, text, va="center", fontsize=7, family="monospace")
     side.set_title("retrieved items each interest won (rank, Eq. 3 score)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, png_path(path, "the picture"), 120)
 
 
 def _short(label: str, width: int = 24) -> str:
@@ -84,6 +108,4 @@ def curve_figure(curve: list, path: Path, title: str, best: dict | None = None) 
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, png_path(path, "the picture"), 110)

@@ -371,16 +371,17 @@ def cmd_demo(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    from .export import plots  # matplotlib only (the plots extra)
+
     run = args.run
     check_output(args.out, {"the run": run})  # never into the run's folder
+    plots.png_path(args.out, "--out")
     manifest = checkpoint.read_manifest(run)
     train = manifest.get("train") or {}
     curve = train.get("curve") or []
     if not curve:
         raise ValueError(f"{run}: no per-epoch record (runs trained before mindref recorded curves, or "
                          "none finished an epoch); train it again with `mindref train`")
-    from .export import plots  # matplotlib only (the plots extra)
-
     cfg = manifest.get("config", {})
     drawn = plots.curve_figure(curve, args.out, f"{run.name}: MIND K={cfg.get('K')}, "
                                f"{train.get('fit', {}).get('num_neg')} negatives", train.get("best"))
@@ -533,6 +534,7 @@ def cmd_explain(args) -> int:
     if args.plot:
         from .export import plots
         check_output(args.plot, {"--bundle": args.bundle}, "--plot")
+        plots.png_path(args.plot, "--plot")
         plots.pyplot()  # before any work: a missing matplotlib says how to install it
     x = export.explanation(bundle, _split_ids(args.history), _split_ids(args.profile) or None, args.n)
     if args.plot:

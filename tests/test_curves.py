@@ -73,6 +73,12 @@ def test_every_epoch_is_validated_and_plotted(tmp_path, capsys):
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["plot", str(out), "--out", str(out / "curve.png")]) == 2  # never into the run
     assert "would overwrite the input the run" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    for bad, message in ((tmp_path / "folder", "is a folder"), (tmp_path / "curve", "ending in .png"),
+                         (tmp_path / "curve.txt", "ending in .png")):
+        assert main(["plot", str(out), "--out", str(bad)]) == 2  # matplotlib would write curve.png
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png", "folder", "run"]  # nothing else
 
 
 def test_full_softmax_is_eq_10_over_every_item():
