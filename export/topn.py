@@ -30,11 +30,12 @@ round every column alike). Every row of interest_mask must hold interest 0 (TopN
 A row whose entries are all -inf (n larger than what is left) is trimmed by the caller.
 
 Measured choices (bench/topn_profile.py, docs/results.md): blocks of 32,768 items and runs of 32
-users were among the fastest of 8,192..65,536 and 16..128 at 1M items (65,536 within noise, with
-twice the scores' memory), 1.3x-1.4x the unblocked graph at one thread and two; with E_b as the
-MatMul's first operand onnxruntime streams it as it lies, so the catalogue needs no packed copy
-per worker and stays shared (export/arrays.py); masking the scores instead of replacing masked
-interests took 1.2x to 3.4x the product's own time.
+users were among the fastest of 8,192..65,536 and 16..128 at 1M items (65,536 was 8% faster in
+one run, with twice the scores' memory), 1.28x the best unblocked setting at one thread, and the
+batch job 1.22x and 1.25x faster at one and two threads; with E_b as the MatMul's first operand
+onnxruntime streams it as it lies, so the catalogue needs no packed copy per worker and stays
+shared (export/arrays.py); masking the scores instead of replacing masked interests took 1.2x to
+3.4x the product's own time.
 
 In a bundle each block is ONNX external data pointing into the bundle's item_vectors.npy at its
 rows' offset: the vectors are stored once, the graph file stays small, and loading maps them once
