@@ -3,6 +3,7 @@
     python bench/curves.py --data ml-100k --out curves-ml.jsonl                  # default grid, seed 0
     python bench/curves.py --data beauty --only default "negatives=all" --seeds 0 1 2
     python bench/curves.py --summary curves-ml.jsonl curves-beauty.jsonl         # mean +- SE table
+    python bench/curves.py --summary curves-ml.jsonl --split valid               # what defaults are chosen on
 
 Each configuration is `mindref train`'s defaults with some flags changed (parsed by mindref's own
 command line, so "default" is exactly what `mindref train` runs). Every run: up to --epochs epochs,
@@ -40,11 +41,15 @@ GRID = {
     "negatives=2048, K=1": ["--negatives", "2048", "--K", "1"],
     "negatives=all, dim=128": ["--negatives", "all", "--dim", "128"],
     "negatives=all, max_len=20": ["--negatives", "all", "--max-len", "20"],
+    "negatives=2048, max_len=20": ["--negatives", "2048", "--max-len", "20"],
+    "negatives=2048, max_len=20, K=1": ["--negatives", "2048", "--max-len", "20", "--K", "1"],
 }
 SHOWN = ("HR@10", "HR@50", "HR@100", "NDCG@50")
 
 
-def run(ds, name: str, flags: list, seed: int, epochs: int, patience: int) -> dict:
+def run(ds, name: str, flags: list, seed: int, epochs: int, patience: int) -> tuple[dict, dict, object]:
+    """One configuration trained with early stopping: (its JSON row, the best epoch's parameters,
+    its MINDConfig)."""
     args = parser().parse_args(["train", *flags, "--seed", str(seed), "--epochs", str(epochs), "--out", "-"])
     cfg, fit_args = _config(args, ds), _fit_args(args)
     train, valid, test = leave_one_out(ds, cfg.max_len)
@@ -53,7 +58,7 @@ def run(ds, name: str, flags: list, seed: int, epochs: int, patience: int) -> di
     def on_epoch(state) -> bool:
         m = evaluate_model(state.params, cfg, ds, valid)
         curve.append({"epoch": state.epoch, "loss": round(state.losses[-1], 4),
-                      **{k: round(m[k], 4) for k in ("HR@10", "HR@50", "NDCG@50")}})
+                      **{k: round(m[k], 4) for k in SHOWN}})
         if m["NDCG@50"] > best["value"]:
             kept = {k: v.copy() for k, v in state.params.items()}  # the best epoch's parameters
             best.update(epoch=state.epoch, value=m["NDCG@50"], params=kept)
@@ -63,32 +68,39 @@ def run(ds, name: str, flags: list, seed: int, epochs: int, patience: int) -> di
     t0 = time.perf_counter()
     state = fit(cfg, ds, train, **{**fit_args, "epochs": epochs}, on_epoch=on_epoch)
     seconds = time.perf_counter() - t0
-    return {"model": name, "flags": flags, "seed": seed, "curve": curve, "best_epoch": best["epoch"],
+    row = {"model": name, "flags": flags, "seed": seed, "curve": curve, "best_epoch": best["epoch"],
             "epochs_run": state.epoch, "test": evaluate_model(best["params"], cfg, ds, test),
-            "valid": {k: curve[best["epoch"] - 1][k] for k in ("HR@10", "HR@50", "NDCG@50")},
+            "valid": {k: curve[best["epoch"] - 1][k] for k in SHOWN},
             "minutes": round(seconds / 60, 2),
             "samples_per_s": round(state.epoch * len(train.target) / seconds)}  # validation included
+    return row, best["params"], cfg
 
 
 def classic(ds) -> list[dict]:
-    train, _, test = leave_one_out(ds, 50)
+    train, valid, test = leave_one_out(ds, 50)
     R = baselines.interactions(train, len(ds.sequences), ds.num_items)
     rows = []
     for name, make in (("ItemCF", lambda: baselines.ItemCF(R)), ("WALS", lambda: baselines.WALS(R, dim=64))):
-        rows.append({"model": name, "seed": 0, "test": evaluate(make(), test, ds.num_items)})
+        model = make()
+        rows.append({"model": name, "seed": 0, "valid": evaluate(model, valid, ds.num_items),
+                     "test": evaluate(model, test, ds.num_items)})
     return rows
 
 
-def summary(paths: list[Path]) -> None:
+def summary(paths: list[Path], split: str = "test") -> None:
+    """Mean +- SE per (data, model) of the best epochs' metrics on `split` ('valid': what the
+    defaults are chosen on; 'test': what is reported)."""
     rows = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
     groups = {}
     for r in rows:
         groups.setdefault((r["data"], r["model"]), []).append(r)
     print(f"{'data':<9}{'model':<22}{'seeds':>6}" + "".join(f"{m:>17}" for m in SHOWN) + f"{'epochs':>9}")
     for (data, model), rs in groups.items():
+        if split not in rs[0]:
+            continue  # a row written before validation was recorded for item-CF and WALS
         cells = []
         for m in SHOWN:
-            xs = [r["test"][m] for r in rs]
+            xs = [r[split][m] for r in rs]
             se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
             cells.append(f"{statistics.mean(xs):.4f}+-{se:.4f}")
         epochs = "/".join(str(r.get("best_epoch", "-")) for r in rs)
@@ -104,15 +116,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30, help="at most (early stopping on valid NDCG@50)")
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--summary", type=Path, nargs="*", help="print the mean +- SE table of these files")
+    ap.add_argument("--split", choices=["valid", "test"], default="test", help="the --summary's metrics")
     args = ap.parse_args()
     if args.summary:
-        return summary(args.summary)
+        return summary(args.summary, args.split)
     if args.out is None:
         ap.error("--out is required (or --summary FILES)")
     ds = load(args.data)
     for name in args.only or ["baselines", *GRID]:
         rows = classic(ds) if name == "baselines" else [
-            run(ds, name, GRID[name], seed, args.epochs, args.patience) for seed in args.seeds]
+            run(ds, name, GRID[name], seed, args.epochs, args.patience)[0] for seed in args.seeds]
         for row in rows:
             with open(args.out, "a") as f:
                 f.write(json.dumps({"data": args.data, **row}) + "\n")

@@ -12,12 +12,14 @@ from the same parameters and the same random draws (model.train_draws: b0, negat
 Before any timing, a parity check: the loss and every gradient (the tables on the rows a batch
 touches) against mindref's loss_backward, in float64 and in float32; a port that differs is not
 timed. Then mindref (its Adam, lazy on the tables), PyTorch eager (Adam for the dense
-parameters, SparseAdam for the tables) and torch.compile of the same step take the same batches,
-in rounds rotated between them with a short pause, and the median of the per-round ratios is
-reported. Printed first: threads, OMP_WAIT_POLICY (unset here unless you set it for both), the
-BLAS in use (threadpoolctl when installed). Last line, for scripts:
+parameters, SparseAdam for the tables), torch.compile of the same step and PyTorch eager with
+dense table gradients and Adam (see torch_step) take the same batches, in rounds rotated between
+them with a short pause, and the median of the per-round ratios is reported. The step is `mindref
+train`'s default (its flags parsed by mindref's own command line). Printed first: threads,
+OMP_WAIT_POLICY (unset here unless you set it for both), the BLAS in use (threadpoolctl when
+installed). Last line, for scripts:
 
-    ratios: eager K4=R K1=R compile K4=R K1=R        (mindref samples/s / PyTorch's)
+    ratios: eager K4=R K1=R compile K4=R K1=R eager-dense K4=R K1=R   (mindref samples/s / PyTorch's)
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ from common import load  # noqa: E402
 
 from mindref import model as M  # noqa: E402
 from mindref.adam import Adam  # noqa: E402
+from mindref.allocator import keep_temporaries_mapped  # noqa: E402
+from mindref.cli import _config, parser  # noqa: E402
 from mindref.data import leave_one_out  # noqa: E402
 from mindref.samplers import LogUniformSampler  # noqa: E402
 from mindref.sparse import RowSparseGrad  # noqa: E402
@@ -144,12 +148,12 @@ def batch_inputs(torch, b: M.Batch, b0, neg, log_q):
             torch.as_tensor(b0), torch.as_tensor(neg), torch.as_tensor(log_q[0]), torch.as_tensor(log_q[1]))
 
 
-def parity(torch, ds, train, cfg: M.MINDConfig, sampler, rows, dtype, rtol: float) -> float:
+def parity(torch, ds, train, cfg: M.MINDConfig, sampler, rows, negatives, dtype, rtol: float) -> float:
     """The worst relative difference, loss and every gradient, mindref vs the port."""
     params = M.init_params(cfg, dtype)
     rng = np.random.default_rng(5)
     b = M.Batch(train.hist[rows], ds.profiles[train.users[rows]], train.target[rows])
-    b0, neg, log_q = M.train_draws(rng, cfg, b, sampler, 256, dtype)
+    b0, neg, log_q = M.train_draws(rng, cfg, b, sampler, negatives, dtype)
     loss, cache = M.loss_forward(params, cfg, ds.item_fields, b, b0, neg, log_q)
     want = M.loss_backward(cache)
     port = TorchStep(torch, params, cfg, ds.item_fields, getattr(torch, np.dtype(dtype).name))
@@ -184,15 +188,22 @@ def mindref_step(ds, train, cfg, sampler, negatives):
     return step
 
 
-def torch_step(torch, ds, train, cfg, sampler, negatives, compiled: bool):
-    """Eager: sparse table gradients and SparseAdam (lazy, as mindref's). Compiled: inductor cannot
-    compile sparse gradients, so the tables get dense gradients and Adam (every row updated)."""
-    port = TorchStep(torch, M.init_params(cfg), cfg, ds.item_fields, torch.float32, sparse=not compiled)
+MODES = ("eager", "eager-dense", "compile")
+
+
+def torch_step(torch, ds, train, cfg, sampler, negatives, mode: str):
+    """'eager': sparse table gradients and SparseAdam (lazy, as mindref's Adam: the same math).
+    'eager-dense': dense table gradients and Adam on every row, what most PyTorch code (torch-rechub
+    among it) runs; not the same update (untouched rows move with their moments) but often faster
+    on a small catalogue, so it is timed too. 'compile': torch.compile of the loss; inductor cannot
+    compile sparse gradients, so the tables get dense gradients and Adam, as in 'eager-dense'."""
+    sparse = mode == "eager"
+    port = TorchStep(torch, M.init_params(cfg), cfg, ds.item_fields, torch.float32, sparse=sparse)
     tables = [v for k, v in port.p.items() if is_table(k)]
     dense = [v for k, v in port.p.items() if not is_table(k) and k != "serving_logits"]
-    opts = ([torch.optim.Adam(dense + tables, lr=3e-3)] if compiled
-            else [torch.optim.Adam(dense, lr=3e-3), torch.optim.SparseAdam(tables, lr=3e-3)])
-    loss = torch.compile(port.loss, dynamic=True) if compiled else port.loss
+    opts = ([torch.optim.Adam(dense, lr=3e-3), torch.optim.SparseAdam(tables, lr=3e-3)] if sparse
+            else [torch.optim.Adam(dense + tables, lr=3e-3)])
+    loss = torch.compile(port.loss, dynamic=True) if mode == "compile" else port.loss
     rng = np.random.default_rng(0)
 
     def step(rows):
@@ -225,31 +236,39 @@ def main() -> None:
     ap.add_argument("--data", default="ml-100k")
     ap.add_argument("--K", type=int, nargs="+", default=[4, 1])
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--negatives", type=int, default=768, help="shared by the batch (mindref's default)")
+    ap.add_argument("--negatives", type=int, default=None,
+                    help="shared by the batch (default: mindref train's, as every other setting)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(settings(torch), flush=True)
+    keep_temporaries_mapped()  # as mindref.train.fit does; process-wide, so torch's tensors get it too
+    print(settings(torch) + "; glibc mmap threshold raised (mindref.allocator) for the whole process",
+          flush=True)
     ds = load(args.data, "all")
-    train, _, _ = leave_one_out(ds, 50)
+    cli = parser().parse_args(["train", "--out", "-"])  # mindref train's defaults: the step timed
+    negatives = args.negatives or cli.negatives
+    if not isinstance(negatives, int):
+        raise SystemExit(f"the default step uses --negatives {negatives}; give a count to time")
+    print(f"the step: `mindref train` defaults (d = {cli.dim}, L = {cli.max_len}, hidden {cli.hidden}, "
+          f"{negatives} shared negatives, batch {args.batch}), {args.data}", flush=True)
+    train, _, _ = leave_one_out(ds, cli.max_len)
     sampler = LogUniformSampler.from_counts(np.bincount(train.target, minlength=ds.num_items))
     rng = np.random.default_rng(1)
     batches = [rng.choice(len(train.target), args.batch, replace=False) for _ in range(args.steps)]
     ratios = {}
     for K in args.K:
-        cfg = M.MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
-                           dim=64, K=K, max_len=50)
+        cfg = _config(cli, ds, K)
         for dtype, tol in ((np.float64, 1e-9), (np.float32, 1e-4)):
-            worst = parity(torch, ds, train, cfg, sampler, batches[0], dtype, tol)
+            worst = parity(torch, ds, train, cfg, sampler, batches[0], negatives, dtype, tol)
             print(f"K = {K}: parity {np.dtype(dtype).name}: loss and every gradient within {worst:.1e} "
                   f"(relative; bound {tol:g})", flush=True)
-        steps = {"mindref": mindref_step(ds, train, cfg, sampler, args.negatives),
-                 "eager": torch_step(torch, ds, train, cfg, sampler, args.negatives, False)}
-        if not args.no_compile:
-            steps["compile"] = torch_step(torch, ds, train, cfg, sampler, args.negatives, True)
+        steps = {"mindref": mindref_step(ds, train, cfg, sampler, negatives)}
+        for mode in MODES:
+            if mode != "compile" or not args.no_compile:
+                steps[mode] = torch_step(torch, ds, train, cfg, sampler, negatives, mode)
         for step in steps.values():  # warm-up (and torch.compile's compilation)
             for rows in batches[:3]:
                 step(rows)
@@ -268,7 +287,7 @@ def main() -> None:
         for name in names[1:]:
             ratios[(name, K)] = statistics.median(m / o for m, o in zip(rates["mindref"], rates[name]))
     parts = [name + " " + " ".join(f"K{K}={ratios[(name, K)]:.2f}" for K in args.K)
-             for name in ("eager", "compile") if (name, args.K[0]) in ratios]
+             for name in ("eager", "compile", "eager-dense") if (name, args.K[0]) in ratios]
     print("ratios: " + " ".join(parts))
 
 

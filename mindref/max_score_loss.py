@@ -23,12 +23,14 @@ from .sampled_softmax import candidate_softmax
 
 class MaxScoreCache(NamedTuple):
     V: np.ndarray  # [B, K, d]
+    V_k: np.ndarray  # [K, B, d]  V interest-major (contiguous: each interest's rows together)
     e_pos: np.ndarray  # [B, d]
     e_neg: np.ndarray  # [N, d]
     k_pos: np.ndarray  # [B]     the positive's winning interest
-    k_neg: np.ndarray  # [B, N]  each negative's winning interest
+    k_neg: np.ndarray  # [B, N]  uint8: each negative's winning interest
     prob_pos: np.ndarray  # [B]
     prob_neg: np.ndarray  # [B, N]
+    work: np.ndarray  # [K, B, N]  the forward's scores buffer, reused by the backward
 
 
 def max_score_forward(V: np.ndarray, capsule_mask: np.ndarray, e_pos: np.ndarray, e_neg: np.ndarray,
@@ -40,44 +42,54 @@ def max_score_forward(V: np.ndarray, capsule_mask: np.ndarray, e_pos: np.ndarray
     s_pos = np.where(capsule_mask, np.einsum("bkd,bd->bk", V, e_pos), -np.inf)  # [B, K]
     k_pos = s_pos.argmax(1)  # [B]  Eq. (3)'s arg max
     o_pos = np.take_along_axis(s_pos, k_pos[:, None], 1)[:, 0]  # [B]
-    o_neg, k_neg = _max_over_interests(V, capsule_mask, e_neg)  # [B, N], [B, N]
+    V_k = np.ascontiguousarray(V.transpose(1, 0, 2))  # [K, B, d]
+    o_neg, k_neg, work = _max_over_interests(V_k, capsule_mask, e_neg)  # [B, N], [B, N], [K, B, N]
     loss, prob_pos, prob_neg = candidate_softmax(o_pos, o_neg, pos_ids, neg_ids, log_q_pos, log_q_neg)
-    return loss, MaxScoreCache(V, e_pos, e_neg, k_pos, k_neg, prob_pos, prob_neg)
+    return loss, MaxScoreCache(V, V_k, e_pos, e_neg, k_pos, k_neg, prob_pos, prob_neg, work)
 
 
-def _max_over_interests(V: np.ndarray, capsule_mask: np.ndarray, e_neg: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """max_k and arg max_k of v_k . e_s over the valid interests: [B, N] each.
+def _max_over_interests(V_k: np.ndarray, capsule_mask: np.ndarray, e_neg: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """max_k and arg max_k of v_k . e_s over the valid interests: [B, N] each (the arg max uint8),
+    and the [K, B, N] buffer that held the scores.
 
-    Running maxima m_k = max(s_0..s_k) over the K slices (K is small): the max is m_{K-1}, and the
-    arg max (the first k reaching it, as argmax) is the number of m_k still below it. This avoids
-    an argmax along the strided middle axis of [B, K, N], once the slowest part of the step."""
-    B, K, d = V.shape
-    scores = (V.reshape(B * K, d) @ e_neg.T).reshape(B, K, -1)  # [B, K, N], one GEMM
-    scores[~capsule_mask] = -np.inf  # masked interests never win
-    running = [scores[:, 0]]
+    The scores of all interests are one GEMM into an interest-major buffer [K, B, N], so that each
+    interest's scores are one contiguous [B, N] slice. The buffer is turned in place into running
+    maxima m_k = max(s_0..s_k): the max is m_{K-1}, and the arg max (the first k reaching it, as
+    argmax) is the number of m_k still below it. (An argmax along the strided middle axis of
+    [B, K, N] was once the slowest part of the step.)"""
+    K, B, d = V_k.shape
+    run = (V_k.reshape(K * B, d) @ e_neg.T).reshape(K, B, -1)  # [K, B, N]  scores, one GEMM
+    run[~capsule_mask.T] = -np.inf  # masked interests never win
     for k in range(1, K):
-        running.append(np.maximum(running[-1], scores[:, k]))  # [B, N]
-    best = running[-1]
-    winner = np.zeros(best.shape, dtype=np.int64)
-    for m in running[:-1]:
-        winner += m < best
-    return best, winner
+        np.maximum(run[k - 1], run[k], out=run[k])  # m_k
+    best = run[K - 1].copy()  # [B, N]
+    winner = np.zeros(best.shape, dtype=np.uint8)  # K <= 255 (routing's K is small)
+    below = np.empty(best.shape, dtype=bool)
+    for k in range(K - 1):
+        winner += np.less(run[k], best, out=below)
+    return best, winner, run
 
 
 def max_score_backward(dloss: float, cache: MaxScoreCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (dV, de_pos, de_neg); each max passes its gradient to the winning interest."""
-    V, e_pos, e_neg, k_pos, k_neg, prob_pos, prob_neg = cache
-    B, K, _ = V.shape
+    """Returns (dV, de_pos, de_neg); each max passes its gradient to the winning interest.
+
+    The negatives' part is two GEMMs over G [K, B, N], G[k] = p_s where interest k won and 0
+    elsewhere (built in the forward's scores buffer): dV[:, k] = G[k] e_neg, de_neg = sum_k G[k]^T
+    V[:, k]. The factor dloss / B of every d o_s is applied to the [.., d] results, not to G."""
+    V, V_k, e_pos, e_neg, k_pos, k_neg, prob_pos, prob_neg, G = cache
+    K, B, d = V_k.shape
     scale = dloss / B
-    d_pos, d_neg = (prob_pos - 1) * scale, prob_neg * scale  # [B], [B, N]
-    rows = np.arange(B)
-    dV = np.zeros_like(V)  # [B, K, d]
-    dV[rows, k_pos] += d_pos[:, None] * e_pos
-    de_neg = np.zeros_like(e_neg)  # [N, d]
+    d_pos = (prob_pos - 1) * scale  # [B]
+    won = np.empty(k_neg.shape, dtype=bool)  # [B, N]
     for k in range(K):  # interest k takes the negatives it won
-        won = d_neg * (k_neg == k)  # [B, N]
-        dV[:, k] += won @ e_neg
-        de_neg += won.T @ V[:, k]
+        np.multiply(prob_neg, np.equal(k_neg, k, out=won), out=G[k])
+    G2 = G.reshape(K * B, -1)  # [K B, N]
+    dV = (G2 @ e_neg).reshape(K, B, d).transpose(1, 0, 2)  # [B, K, d]
+    dV *= scale
+    rows = np.arange(B)
+    dV[rows, k_pos] += d_pos[:, None] * e_pos
+    de_neg = G2.T @ V_k.reshape(K * B, d)  # [N, d]
+    de_neg *= scale
     de_pos = d_pos[:, None] * V[rows, k_pos]  # [B, d]
     return dV, de_pos, de_neg

@@ -56,3 +56,22 @@ def test_one_interest_is_the_sampled_softmax(data):
     a, _ = max_score_forward(V, cmask, e_pos, e_neg, pos, neg, lq_pos, lq_neg)
     b, _ = sampled_softmax_forward(V[:, 0], e_pos, e_neg, pos, neg, lq_pos, lq_neg)
     np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@given(data=inputs(max_K=1), K=st.integers(2, 4))
+def test_tied_interests_the_first_takes_the_gradient(data, K):
+    """Interests tied on every candidate (copies of one vector): the max is the same and its whole
+    gradient reaches the first valid interest, as argmax's first index, never split or doubled."""
+    V1, _, e_pos, e_neg, pos, neg, (lq_pos, lq_neg) = data
+    V = np.repeat(V1, K, axis=1)  # [B, K, d], every interest the same vector
+    cmask = np.ones(V.shape[:2], bool)
+    cmask[:, 0] = False  # the first interest masked: interest 1 is the first valid one
+    one, c1 = max_score_forward(V1, np.ones((len(V1), 1), bool), e_pos, e_neg, pos, neg, lq_pos, lq_neg)
+    loss, cache = max_score_forward(V, cmask, e_pos, e_neg, pos, neg, lq_pos, lq_neg)
+    dV, de_pos, de_neg = max_score_backward(1.0, cache)
+    dV1, de_pos1, de_neg1 = max_score_backward(1.0, c1)
+    np.testing.assert_allclose(loss, one, rtol=1e-12)
+    np.testing.assert_allclose(dV[:, 1], dV1[:, 0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(dV[:, [0, *range(2, K)]], 0.0)
+    np.testing.assert_allclose(de_neg, de_neg1, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(de_pos, de_pos1, rtol=1e-10, atol=1e-12)

@@ -1,7 +1,7 @@
 """The docs as a site, opened in a real browser: docs/build_site.py builds it; headless Chromium
 (Debian's package, driven by Playwright) loads every page with no console error; every equation
-is MathML (no raw $$ left); every internal link and anchor resolves; a screenshot of the routing
-section is kept (MINDREF_ARTIFACTS, else the test's temporary folder).
+is MathML (no raw $$ left); every internal link, anchor and picture resolves (and every picture is
+drawn); a screenshot of the routing section is kept (MINDREF_ARTIFACTS, else the test's temporary folder).
 
 Needs the `docs` extra and a Chromium (`apt-get install chromium`; .ci/run installs both); without
 them the tests skip, except under CI=true, where they fail."""
@@ -67,11 +67,14 @@ def test_every_page_loads_without_a_console_error(site, server, browser):
     errors = []
     tab.on("console", lambda m: errors.append(f"{tab.url}: {m.text}") if m.type == "error" else None)
     tab.on("pageerror", lambda e: errors.append(f"{tab.url}: {e}"))
+    unloaded = []
     for name in pages(site):
         response = tab.goto(f"{server}/{name}")
         assert response.ok, name
         tab.wait_for_load_state("networkidle")
-    assert errors == []
+        unloaded += [f"{name}: {src}" for src in tab.evaluate(
+            "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")]
+    assert errors == [] and unloaded == []
     assert "spec.html" in pages(site) and "api.html" in pages(site)
 
 
@@ -110,6 +113,15 @@ def test_code_references_link_to_their_definition(site):
     assert re.search(r'id="eq3"></span><span id="L\d+"></span>def eq3\(', source)
 
 
+def test_figure_2_is_drawn_on_the_spec_page(server, browser):
+    tab = browser.new_page(viewport={"width": 1300, "height": 1000})
+    tab.goto(f"{server}/spec.html")
+    figure = tab.locator('img[src$="figure2.svg"]')
+    assert figure.count() == 1
+    width = tab.evaluate("document.querySelector('img[src$=\"figure2.svg\"]').naturalWidth")
+    assert width >= 700  # the SVG's own width: loaded and parsed as an image
+
+
 def test_a_screenshot_of_the_routing_section(server, browser, tmp_path):
     folder = Path(os.environ.get("MINDREF_ARTIFACTS", tmp_path))
     folder.mkdir(parents=True, exist_ok=True)
@@ -136,6 +148,8 @@ class _Parser(html.parser.HTMLParser):
             self.ids.add(attrs["id"])
         if tag == "a" and attrs.get("href"):
             self.hrefs.append(attrs["href"])
+        if tag == "img" and attrs.get("src"):
+            self.hrefs.append(attrs["src"])  # a picture must resolve as a link does
 
 
 def _parse(path: Path) -> _Parser:
