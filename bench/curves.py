@@ -1,16 +1,17 @@
-"""Learning curves and the training knobs that shape the top of the ranking (issue 15).
+"""Learning curves and the training knobs that shape the top of the ranking.
 
     python bench/curves.py --data ml-100k --out curves-ml.jsonl                  # default grid, seed 0
-    python bench/curves.py --data beauty --only default "negatives=all" --seeds 0 1 2
+    python bench/curves.py --data beauty --only default "negatives=all, K=1" --seeds 0 1 2
     python bench/curves.py --summary curves-ml.jsonl curves-beauty.jsonl         # mean +- SE table
     python bench/curves.py --summary curves-ml.jsonl --split valid               # what defaults are chosen on
 
-Each configuration is `mindref train`'s defaults with some flags changed (parsed by mindref's own
-command line, so "default" is exactly what `mindref train` runs). Every run: up to --epochs epochs,
-each followed by a full-ranking validation (HR@10, HR@50, NDCG@50); early stopping on validation
-NDCG@50 with --patience; the best epoch's parameters evaluated on test. Item-CF and WALS (the
-classic baselines of the paper's Table 2) are evaluated on the same splits ("baselines" rows). One
-JSON line per run: the curve, the best epoch, its test metrics, samples/s and minutes.
+Each configuration is `mindref train`'s defaults with some flags changed (its name lists them,
+parsed by mindref's own command line, so "default" is exactly what `mindref train` runs). Every
+run: up to --epochs epochs, each followed by a full-ranking validation (HR@10, HR@50, HR@100,
+NDCG@50); early stopping on validation NDCG@50 with --patience; the best epoch's parameters
+evaluated on test. Item-CF and WALS (the classic baselines of the paper's Table 2) are evaluated
+on the same splits ("baselines" rows, reading the latest 50 behaviours; "baselines, L=10" the
+latest 10). One JSON line per run: the curve, the best epoch, its test metrics, samples/s and minutes.
 Leave-one-out, full ranking, history excluded; Beauty with category rule 'last' as the published
 grid (bench/common.py).
 """
@@ -32,18 +33,39 @@ from mindref.data import leave_one_out  # noqa: E402
 from mindref.evaluate import evaluate  # noqa: E402
 from mindref.train import evaluate_model, fit  # noqa: E402
 
-GRID = {
-    "default": [], "negatives=1024": ["--negatives", "1024"], "negatives=2048": ["--negatives", "2048"],
-    "negatives=4096": ["--negatives", "4096"],
-    "negatives=all": ["--negatives", "all"], "dim=128": ["--dim", "128"], "lr=1e-3": ["--lr", "1e-3"],
-    "max_len=20": ["--max-len", "20"], "hidden=none": ["--hidden"], "K=1": ["--K", "1"],
-    "negatives=all, K=1": ["--negatives", "all", "--K", "1"],
-    "negatives=2048, K=1": ["--negatives", "2048", "--K", "1"],
-    "negatives=all, dim=128": ["--negatives", "all", "--dim", "128"],
-    "negatives=all, max_len=20": ["--negatives", "all", "--max-len", "20"],
-    "negatives=2048, max_len=20": ["--negatives", "2048", "--max-len", "20"],
-    "negatives=2048, max_len=20, K=1": ["--negatives", "2048", "--max-len", "20", "--K", "1"],
-}
+# The configurations run by default: "default" is `mindref train` as it is; every other name is a
+# list of its flags, key=value (hidden=none: no ReLU layer), parsed by flags(). Since 2026-11-30 the
+# defaults are 2,048 negatives and L = 10; the earlier ones were 256 and L = 50, written out here.
+GRID = ["default", "negatives=256, max_len=50", "negatives=256, max_len=50, K=1",
+        "negatives=2048, max_len=50", "negatives=all, max_len=50", "negatives=256, max_len=20",
+        "negatives=2048, max_len=20", "negatives=all, max_len=20", "negatives=all, max_len=10",
+        "negatives=2048, max_len=5", "negatives=2048, max_len=10, K=1", "negatives=2048, max_len=20, K=1",
+        "negatives=2048, max_len=20, lr=1e-3", "negatives=all, max_len=50, dim=128"]
+BASELINES = ("baselines", "baselines, L=20", "baselines, L=10", "baselines, L=5")  # item-CF, WALS reading L
+
+
+def flags(name: str) -> list[str]:
+    """`mindref train` flags of a configuration name: 'negatives=2048, max_len=20, K=1' ->
+    ['--negatives', '2048', '--max-len', '20', '--K', '1']; 'default' -> []."""
+    if name == "default":
+        return []
+    out = []
+    for part in name.split(","):
+        key, _, value = part.strip().partition("=")
+        out += [f"--{key.replace('_', '-')}"] + ([] if value == "none" else [value])
+    return out
+
+
+def configuration(name: str) -> str:
+    """argparse type of a configuration name: one mindref train parses, or a baselines row."""
+    if name not in BASELINES:
+        try:
+            parser().parse_args(["train", *flags(name), "--out", "-"])
+        except SystemExit:
+            raise argparse.ArgumentTypeError(f"{name!r} is not a set of mindref train flags") from None
+    return name
+
+
 SHOWN = ("HR@10", "HR@50", "HR@100", "NDCG@50")
 
 
@@ -76,13 +98,16 @@ def run(ds, name: str, flags: list, seed: int, epochs: int, patience: int) -> tu
     return row, best["params"], cfg
 
 
-def classic(ds) -> list[dict]:
-    train, valid, test = leave_one_out(ds, 50)
+def classic(ds, L: int = 50) -> list[dict]:
+    """Item-CF and WALS fitted on the training interactions (every item before the held-out ones),
+    each scoring a case from its latest L behaviours, as MIND reads them."""
+    train, valid, test = leave_one_out(ds, L)
     R = baselines.interactions(train, len(ds.sequences), ds.num_items)
     rows = []
     for name, make in (("ItemCF", lambda: baselines.ItemCF(R)), ("WALS", lambda: baselines.WALS(R, dim=64))):
         model = make()
-        rows.append({"model": name, "seed": 0, "valid": evaluate(model, valid, ds.num_items),
+        rows.append({"model": name if L == 50 else f"{name}, L={L}", "seed": 0,
+                     "valid": evaluate(model, valid, ds.num_items),
                      "test": evaluate(model, test, ds.num_items)})
     return rows
 
@@ -111,7 +136,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="ml-100k", help="ml-100k or beauty")
     ap.add_argument("--out", type=Path, help="JSON lines, appended")
-    ap.add_argument("--only", nargs="*", choices=["baselines", *GRID], help="some runs (default: all)")
+    ap.add_argument("--only", nargs="*", type=configuration,
+                    help="some runs: 'baselines' (or 'baselines, L=10'), 'default', or flags as "
+                         "'negatives=2048, max_len=20, K=1' (default: baselines and GRID)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--epochs", type=int, default=30, help="at most (early stopping on valid NDCG@50)")
     ap.add_argument("--patience", type=int, default=3)
@@ -124,8 +151,8 @@ def main() -> None:
         ap.error("--out is required (or --summary FILES)")
     ds = load(args.data)
     for name in args.only or ["baselines", *GRID]:
-        rows = classic(ds) if name == "baselines" else [
-            run(ds, name, GRID[name], seed, args.epochs, args.patience)[0] for seed in args.seeds]
+        rows = classic(ds, int(name.partition("L=")[2] or 50)) if name.startswith("baselines") else [
+            run(ds, name, flags(name), seed, args.epochs, args.patience)[0] for seed in args.seeds]
         for row in rows:
             with open(args.out, "a") as f:
                 f.write(json.dumps({"data": args.data, **row}) + "\n")

@@ -1,12 +1,13 @@
 """Where the top of the ranking is won or lost: HR@10 by how popular the target is, and how popular
 the top-10 lists are (the popularity question of docs/results.md, "The top of the ranking").
 
-    python bench/popularity.py --data ml-100k --only default "negatives=all" "negatives=2048, max_len=20"
-    python bench/popularity.py --data beauty --only default "negatives=2048, max_len=20"
+    python bench/popularity.py --data ml-100k --only "negatives=256, max_len=50" default
+    python bench/popularity.py --data beauty --only "negatives=256, max_len=50" default
 
-Item-CF, WALS and MIND configurations of bench/curves.py (each trained as there: early stopping on
-validation NDCG@50, the best epoch kept; seed 0) rank every item for the test cases (leave-one-out,
-the whole history excluded, as mindref.evaluate does). Printed per model:
+Item-CF and WALS (reading the latest 50, 10 and 5 behaviours) and MIND configurations of
+bench/curves.py (each trained as there: early stopping on validation NDCG@50, the best epoch
+kept; seed 0) rank every item for the test cases (leave-one-out, the whole history excluded, as
+mindref.evaluate does). Printed per model:
 - HR@10 of the test cases split into three groups of (about) equal size by the training count of
   their target: head (the most popular targets), middle, tail;
 - the median training count of the items in the top-10 lists, beside the test targets' median:
@@ -22,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load  # noqa: E402
-from curves import GRID, run  # noqa: E402
+from curves import configuration, flags, run  # noqa: E402
 
 from mindref import baselines  # noqa: E402
 from mindref.data import leave_one_out, pad  # noqa: E402
@@ -61,7 +62,8 @@ def report(name: str, top: np.ndarray, hit: np.ndarray, group: np.ndarray, count
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="ml-100k", help="ml-100k or beauty")
-    ap.add_argument("--only", nargs="*", choices=list(GRID), default=["default"], help="MIND configurations")
+    ap.add_argument("--only", nargs="*", type=configuration, default=["default"],
+                    help="MIND configurations, named as in bench/curves.py")
     ap.add_argument("--epochs", type=int, default=20, help="at most (early stopping on valid NDCG@50)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -71,9 +73,13 @@ def main() -> None:
     targets = np.array([t[0] for t in test.targets])
     group = groups(counts, targets)
     R = baselines.interactions(train, len(ds.sequences), ds.num_items)
-    models = {"ItemCF": baselines.ItemCF(R), "WALS": baselines.WALS(R, dim=64)}
+    itemcf, wals = baselines.ItemCF(R), baselines.WALS(R, dim=64)
+    models = {"ItemCF": itemcf, "WALS": wals}
+    for L in (10, 5):
+        _, _, test_l = leave_one_out(ds, L)
+        models.update({f"ItemCF, L={L}": (itemcf, test_l), f"WALS, L={L}": (wals, test_l)})
     for name in args.only:
-        _, params, cfg = run(ds, name, GRID[name], args.seed, args.epochs, 3)
+        _, params, cfg = run(ds, name, flags(name), args.seed, args.epochs, 3)
         _, _, test_l = leave_one_out(ds, cfg.max_len)  # the configuration's own L, the same cases
         assert [t[0] for t in test_l.targets] == targets.tolist()
         models[name] = (scorer(params, cfg, ds), test_l)

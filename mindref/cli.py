@@ -562,7 +562,8 @@ def _add_model(p, epochs: int = 10, dim: int = 64) -> None:
     g.add_argument("--K", type=int, default=4, help="interests")
     g.add_argument("--dim", type=int, default=dim)
     g.add_argument("--hidden", type=int, nargs="*", default=[64], help="ReLU layer sizes")
-    g.add_argument("--max-len", type=int, default=50)
+    g.add_argument("--max-len", type=int, default=5,
+                   help="L: the latest behaviours read (chosen on validation, docs/results.md)")
     g.add_argument("--iterations", type=int, default=3)
     g.add_argument("--sigma", type=float, default=1.0, help="std of the initial routing logits")
     g.add_argument("--softmax-axis", choices=SOFTMAX_AXES, default="interests")
@@ -574,8 +575,9 @@ def _add_model(p, epochs: int = 10, dim: int = 64) -> None:
     g.add_argument("--p", type=float, default=2.0)
     g.add_argument("--epochs", type=int, default=epochs)
     g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--negatives", type=_negatives, default=256,
-                   help="shared sampled negatives per batch, or 'all': the full softmax of Eq. (10)")
+    g.add_argument("--negatives", type=_negatives, default=2048,
+                   help="shared sampled negatives per batch (chosen on validation), or 'all': the full "
+                        "softmax of Eq. (10)")
     g.add_argument("--lr", type=float, default=3e-3)
 
 

@@ -1,5 +1,6 @@
 """bench/report.py --plot: the HR@N curves of a quality or curves run (mean and standard error over
-seeds, one panel per dataset)."""
+seeds, one panel per dataset); bench/curves.py's configuration names, which are mindref train flags."""
+import argparse
 import importlib.util
 import json
 import pathlib
@@ -8,9 +9,9 @@ import pytest
 from conftest import require
 
 
-def report():
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "report.py"
-    spec = importlib.util.spec_from_file_location("report", path)
+def report(name="report"):
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -46,3 +47,16 @@ def test_plot_writes_a_png(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         module.main()
     assert "no runs to draw" in capsys.readouterr().err
+
+
+def test_curves_names_are_train_flags(monkeypatch):
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+    curves = report("curves")
+    assert curves.flags("default") == []
+    want = ["--negatives", "2048", "--max-len", "20", "--K", "1"]
+    assert curves.flags("negatives=2048, max_len=20, K=1") == want
+    assert curves.flags("negatives=all, hidden=none") == ["--negatives", "all", "--hidden"]
+    for name in [*curves.GRID, *curves.BASELINES]:
+        assert curves.configuration(name) == name
+    with pytest.raises(argparse.ArgumentTypeError, match="not a set of mindref train flags"):
+        curves.configuration("max_len=twenty")
