@@ -152,6 +152,7 @@ class Explanation(NamedTuple):
     owner: np.ndarray  # [n_u] the interest that took most of each behaviour's weight
     retrieved: list  # per interest: [(rank, score, label)] of the top-n items it won (Eq. 3)
     K: int
+    given: int  # behaviours in the request (more than n_u when the tower reads only the latest L)
 
 
 def explanation(bundle: Bundle, history: list, profile: list | None = None, n: int = 10) -> Explanation:
@@ -164,7 +165,7 @@ def explanation(bundle: Bundle, history: list, profile: list | None = None, n: i
     retrieved = [[(int(r) + 1, float(top.scores[r]), describe(bundle, int(top.items[r])))
                   for r in np.flatnonzero(top.interests == k)] for k in range(K_u)]
     return Explanation([describe(bundle, int(hist[0, i])) for i in valid], w, w.argmax(0), retrieved,
-                       bundle.cfg.K)
+                       bundle.cfg.K, int(np.count_nonzero(seen[0])))
 
 
 def explain(bundle: Bundle, history: list, profile: list | None = None, n: int = 10,
@@ -178,8 +179,9 @@ def explain(bundle: Bundle, history: list, profile: list | None = None, n: int =
 def explain_text(x: Explanation, n: int, behaviours: int = 6) -> str:
     """An Explanation as the text `explain` prints."""
     K_u, n_u = x.weights.shape
-    lines = [f"{n_u} behaviours -> K'u = {K_u} of K = {x.K} interests "
-             f"(K'u = max(1, min(K, floor(log2 {n_u}))), Eq. 9)"]
+    read = (f"{x.given} behaviours given, the tower reads the latest {n_u} (L = max_len; every one "
+            f"given is excluded from the results): " if x.given > n_u else f"{n_u} behaviours -> ")
+    lines = [f"{read}K'u = {K_u} of K = {x.K} interests (K'u = max(1, min(K, floor(log2 {n_u}))), Eq. 9)"]
     for k in range(K_u):
         mine = np.flatnonzero(x.owner == k)
         lines += ["", f"interest {k}: {len(mine)} behaviours routed here, wins {len(x.retrieved[k])} of the "

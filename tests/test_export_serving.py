@@ -295,6 +295,9 @@ def test_cli_export_retrieve_explain(trained, tmp_path, capsys):
     assert main(["explain", "--bundle", bundle, "--history", ",".join(map(str, range(1, 20)))]) == 0
     text = capsys.readouterr().out
     assert "K'u = 4 of K = 4" in text and text.count("interest ") >= 4
+    assert text.startswith("19 behaviours -> ")  # all read: L = 30
+    assert main(["explain", "--bundle", bundle, "--history", ",".join(map(str, range(1, 41)))]) == 0
+    assert capsys.readouterr().out.startswith("40 behaviours given, the tower reads the latest 30 (L =")
     users = tmp_path / "users.jsonl"
     users.write_text("\n".join(json.dumps({"user": u, "history": list(range(1 + u, 9 + u))})
                                for u in range(5)))
