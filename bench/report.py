@@ -74,12 +74,18 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="draw HR@N curves to this PNG instead of printing tables")
     ap.add_argument("--only", nargs="*", help="these models only (the names in the files)")
     args = ap.parse_args()
-    rows = {p: [json.loads(line) for line in p.read_text().splitlines() if line.strip()] for p in args.files}
+    try:
+        rows = {p: [json.loads(x) for x in p.read_text().splitlines() if x.strip()] for p in args.files}
+    except (OSError, ValueError) as err:  # a missing file, a line that is not JSON
+        ap.error(str(err))
     if args.plot is not None:
         curves = hr_curves([r for rs in rows.values() for r in rs], args.only)
         if not curves:
             ap.error("no runs to draw (check --only against the files' model names)")
-        print(f"wrote {plot(curves, args.plot)}")
+        try:
+            print(f"wrote {plot(curves, args.plot)}")
+        except (OSError, ValueError) as err:  # not a .png name, a folder, no matplotlib
+            ap.error(str(err))
         return
     for path, rs in rows.items():
         print(f"### {path.stem}\n\n{table(rs)}\n")
