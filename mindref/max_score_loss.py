@@ -22,7 +22,6 @@ from .sampled_softmax import candidate_softmax
 
 
 class MaxScoreCache(NamedTuple):
-    V: np.ndarray  # [B, K, d]
     V_k: np.ndarray  # [K, B, d]  V interest-major (contiguous: each interest's rows together)
     e_pos: np.ndarray  # [B, d]
     e_neg: np.ndarray  # [N, d]
@@ -45,7 +44,7 @@ def max_score_forward(V: np.ndarray, capsule_mask: np.ndarray, e_pos: np.ndarray
     V_k = np.ascontiguousarray(V.transpose(1, 0, 2))  # [K, B, d]
     o_neg, k_neg, work = _max_over_interests(V_k, capsule_mask, e_neg)  # [B, N], [B, N], [K, B, N]
     loss, prob_pos, prob_neg = candidate_softmax(o_pos, o_neg, pos_ids, neg_ids, log_q_pos, log_q_neg)
-    return loss, MaxScoreCache(V, V_k, e_pos, e_neg, k_pos, k_neg, prob_pos, prob_neg, work)
+    return loss, MaxScoreCache(V_k, e_pos, e_neg, k_pos, k_neg, prob_pos, prob_neg, work)
 
 
 def _max_over_interests(V_k: np.ndarray, capsule_mask: np.ndarray, e_neg: np.ndarray
@@ -77,7 +76,7 @@ def max_score_backward(dloss: float, cache: MaxScoreCache) -> tuple[np.ndarray, 
     The negatives' part is two GEMMs over G [K, B, N], G[k] = p_s where interest k won and 0
     elsewhere (built in the forward's scores buffer): dV[:, k] = G[k] e_neg, de_neg = sum_k G[k]^T
     V[:, k]. The factor dloss / B of every d o_s is applied to the [.., d] results, not to G."""
-    V, V_k, e_pos, e_neg, k_pos, k_neg, prob_pos, prob_neg, G = cache
+    V_k, e_pos, e_neg, k_pos, k_neg, prob_pos, prob_neg, G = cache
     K, B, d = V_k.shape
     scale = dloss / B
     d_pos = (prob_pos - 1) * scale  # [B]
@@ -91,5 +90,5 @@ def max_score_backward(dloss: float, cache: MaxScoreCache) -> tuple[np.ndarray, 
     dV[rows, k_pos] += d_pos[:, None] * e_pos
     de_neg = G2.T @ V_k.reshape(K * B, d)  # [N, d]
     de_neg *= scale
-    de_pos = d_pos[:, None] * V[rows, k_pos]  # [B, d]
+    de_pos = d_pos[:, None] * V_k[k_pos, rows]  # [B, d]  each user's winning interest
     return dV, de_pos, de_neg
