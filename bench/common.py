@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 from pathlib import Path
 
 from mindref.readers import read_movielens_100k, read_sequences
@@ -18,3 +19,9 @@ def load(name: str, category: str = "last"):
         folder = DATA / "amazon-beauty"
         return read_sequences(folder / "Beauty.txt", folder / "Beauty_item2attributes.json", category)
     raise ValueError(f"unknown dataset {name!r}: ml-100k or beauty")
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value: one seed, no bar)."""
+    se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
+    return statistics.mean(xs), se

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load  # noqa: E402
+from common import load, mean_se  # noqa: E402
 
 from mindref import baselines  # noqa: E402
 from mindref.cli import _config, _fit_args, parser  # noqa: E402
@@ -35,12 +34,12 @@ from mindref.train import evaluate_model, fit  # noqa: E402
 
 # The configurations run by default: "default" is `mindref train` as it is; every other name is a
 # list of its flags, key=value (hidden=none: no ReLU layer), parsed by flags(). Since 2026-11-30 the
-# defaults are 2,048 negatives and L = 10; the earlier ones were 256 and L = 50, written out here.
-GRID = ["default", "negatives=256, max_len=50", "negatives=256, max_len=50, K=1",
+# defaults are 2,048 negatives and L = 5; the earlier ones were 256 and L = 50, written out here.
+GRID = ["default", "negatives=2048, max_len=5, K=1", "negatives=256, max_len=50",
         "negatives=2048, max_len=50", "negatives=all, max_len=50", "negatives=256, max_len=20",
-        "negatives=2048, max_len=20", "negatives=all, max_len=20", "negatives=all, max_len=10",
-        "negatives=2048, max_len=5", "negatives=2048, max_len=10, K=1", "negatives=2048, max_len=20, K=1",
-        "negatives=2048, max_len=20, lr=1e-3", "negatives=all, max_len=50, dim=128"]
+        "negatives=2048, max_len=20", "negatives=all, max_len=20", "negatives=2048, max_len=10",
+        "negatives=all, max_len=10", "negatives=2048, max_len=10, K=1", "negatives=2048, max_len=20, K=1",
+        "negatives=2048, max_len=20, lr=1e-3", "hidden=none", "hidden=128", "dim=128", "lr=1e-2"]
 BASELINES = ("baselines", "baselines, L=20", "baselines, L=10", "baselines, L=5")  # item-CF, WALS reading L
 
 
@@ -123,11 +122,7 @@ def summary(paths: list[Path], split: str = "test") -> None:
     for (data, model), rs in groups.items():
         if split not in rs[0]:
             continue  # a row written before validation was recorded for item-CF and WALS
-        cells = []
-        for m in SHOWN:
-            xs = [r[split][m] for r in rs]
-            se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
-            cells.append(f"{statistics.mean(xs):.4f}+-{se:.4f}")
+        cells = ["{:.4f}+-{:.4f}".format(*mean_se([r[split][m] for r in rs])) for m in SHOWN]
         epochs = "/".join(str(r.get("best_epoch", "-")) for r in rs)
         print(f"{data:<9}{model:<22}{len(rs):>6}" + "".join(f"{c:>17}" for c in cells) + f"{epochs:>9}")
 

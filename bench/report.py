@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 from pathlib import Path
 
-from mindref.evaluate import CUTOFFS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import mean_se  # noqa: E402
+
+from mindref.evaluate import CUTOFFS  # noqa: E402
 
 COLUMNS = ("HR@10", "HR@50", "HR@100", "Recall@50", "NDCG@50")
 
@@ -39,12 +42,7 @@ def hr_curves(rows: list[dict], only: list[str] | None) -> dict[str, dict[str, l
     for data, models in runs.items():
         out[data] = {}
         for model, tests in models.items():
-            points = []
-            for n in CUTOFFS:
-                xs = [t[f"HR@{n}"] for t in tests]
-                se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
-                points.append((statistics.mean(xs), se))
-            out[data][model] = points
+            out[data][model] = [mean_se([t[f"HR@{n}"] for t in tests]) for n in CUTOFFS]
     return out
 
 
