@@ -129,7 +129,7 @@ def summary(paths: list[Path], split: str = "test") -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="ml-100k", help="ml-100k or beauty")
+    ap.add_argument("--data", default="ml-100k", choices=("ml-100k", "beauty"))
     ap.add_argument("--out", type=Path, help="JSON lines, appended")
     ap.add_argument("--only", nargs="*", type=configuration,
                     help="some runs: 'baselines' (or 'baselines, L=10'), 'default', or flags as "
@@ -144,16 +144,21 @@ def main() -> None:
         return summary(args.summary, args.split)
     if args.out is None:
         ap.error("--out is required (or --summary FILES)")
+    try:
+        args.out.open("a").close()  # an unwritable --out fails now, not after the first run
+    except OSError as err:
+        ap.error(f"--out {args.out}: {err.strerror}")
     ds = load(args.data)
     for name in args.only or ["baselines", *GRID]:
-        rows = classic(ds, int(name.partition("L=")[2] or 50)) if name.startswith("baselines") else [
-            run(ds, name, flags(name), seed, args.epochs, args.patience)[0] for seed in args.seeds]
+        if name.startswith("baselines"):
+            rows = classic(ds, int(name.partition("L=")[2] or 50))
+        else:  # one seed at a time, each written when done: Ctrl-C loses the run in progress only
+            rows = (run(ds, name, flags(name), seed, args.epochs, args.patience)[0] for seed in args.seeds)
         for row in rows:
             with open(args.out, "a") as f:
                 f.write(json.dumps({"data": args.data, **row}) + "\n")
             print(f"{args.data} {row['model']} seed {row['seed']}: test " + " ".join(
                 f"{m} {row['test'][m]:.4f}" for m in SHOWN), flush=True)
-
 
 if __name__ == "__main__":
     main()

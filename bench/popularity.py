@@ -61,7 +61,7 @@ def report(name: str, top: np.ndarray, hit: np.ndarray, group: np.ndarray, count
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="ml-100k", help="ml-100k or beauty")
+    ap.add_argument("--data", default="ml-100k", choices=("ml-100k", "beauty"))
     ap.add_argument("--only", nargs="*", type=configuration, default=["default"],
                     help="MIND configurations, named as in bench/curves.py")
     ap.add_argument("--epochs", type=int, default=20, help="at most (early stopping on valid NDCG@50)")
