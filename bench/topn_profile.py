@@ -1,5 +1,6 @@
-"""The top-n graph (export/topn.py) at a large catalogue: its block size and chunk of users,
-onnxruntime's time per node, and the cost of keeping the catalogue unpacked.
+"""The CPU's top-n graph (export/topn.py, the blocked form) at a large catalogue: its block size
+and users per run, onnxruntime's time per node, and the cost of keeping the catalogue unpacked
+(the GPU's pruned form: bench/gpu_check.py).
 
     python bench/topn_profile.py                  # 1,000,000 items, d = 64, K = 4, 256 users, top 50
     python bench/topn_profile.py --threads 1      # one intra-op thread (a Ray actor's setting)
@@ -8,10 +9,11 @@ Random item vectors and interests (speed does not depend on their values), a thi
 with K'_u = 3, histories of 30 items. 1. Users/s (best of 3 timed runs after a warm-up) for every
 block size x chunk of users, the last block size being the whole catalogue in one block (the
 graph without blocking), with each graph's answers checked equal to the default's. 2. onnxruntime's
-profile of the default graph (BLOCK, CHUNK), per operator. 3. TopNSession turns onnxruntime's
+profile of the default graph (BLOCK, CPU_USERS), per operator. 3. TopNSession turns onnxruntime's
 prepacking off so that the vectors are used where they are mapped, shared by every worker
 (export/arrays.py): the default graph with prepacking on and off, rounds alternating, the median
-ratio.
+ratio. With --forms, only this: the GPU's pruned form (chunks of CHUNK and twice that) on the CPU
+against the blocked default, rounds alternating, medians (why the CPU keeps the blocked form).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mindref.export.runtime import make_session
-from mindref.export.topn import BLOCK, CHUNK, TopNSession, build_topn
+from mindref.export.topn import BLOCK, CHUNK, CPU_USERS, TopNSession, build_topn
 
 
 def main() -> None:
@@ -37,8 +39,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's)")
     ap.add_argument("--blocks", type=int, nargs="*", default=[8192, 16384, 32768, 65536],
                     help="block sizes to time (the whole catalogue in one block is always added)")
-    ap.add_argument("--chunks", type=int, nargs="*", default=[16, 32, 64, 128])
+    ap.add_argument("--users-per-run", type=int, nargs="*", default=[16, 32, 64, 128], dest="chunks")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--forms", action="store_true", help="only the pruned form against the blocked default")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     E = rng.normal(size=(args.items + 1, 64)).astype(np.float32)
@@ -49,11 +52,13 @@ def main() -> None:
     hist = rng.integers(1, args.items, (args.users, 30))
     default = TopNSession(build_topn(E, 4).SerializeToString(), len(E), "cpu", args.threads)
     want = default.run(V, mask, hist, 50)
+    if args.forms:
+        return forms(args, E, V, mask, hist, default, want)
     grid = {}
     for block in [*args.blocks, len(E)]:
         graph = build_topn(E, 4, block=block).SerializeToString()
         for chunk in args.chunks:
-            session = TopNSession(graph, len(E), "cpu", args.threads, chunk=chunk)
+            session = TopNSession(graph, len(E), "cpu", args.threads, users=chunk)
             got = session.run(V, mask, hist, 50)
             if not all(np.array_equal(a, b) for a, b in zip(got, want)):
                 raise SystemExit(f"block {block}, chunk {chunk}: answers differ from the default graph's")
@@ -62,9 +67,10 @@ def main() -> None:
             print(json.dumps({"threads": args.threads, "block": block, "chunk": chunk,
                               "users_per_s": round(rate, 1)}), flush=True)
     whole = max(rate for (block, _), rate in grid.items() if block == len(E))
-    print(json.dumps({"default": [BLOCK, CHUNK], "default_users_per_s": round(grid.get((BLOCK, CHUNK), 0), 1),
-                      "best": max(grid, key=grid.get), "default / best unblocked": round(
-                          grid.get((BLOCK, CHUNK), 0) / whole, 2)}), flush=True)
+    default_rate = grid.get((BLOCK, CPU_USERS), 0)
+    print(json.dumps({"default": [BLOCK, CPU_USERS], "default_users_per_s": round(default_rate, 1),
+                      "best": max(grid, key=grid.get),
+                      "default / best unblocked": round(default_rate / whole, 2)}), flush=True)
     model = build_topn(E, 4).SerializeToString()
     options = ort.SessionOptions()
     options.enable_profiling = True
@@ -73,7 +79,7 @@ def main() -> None:
         options.intra_op_num_threads = args.threads
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "topn")  # not into the current folder
     profiled = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    feeds = {"interests": V[:CHUNK], "interest_mask": mask[:CHUNK], "history": hist[:CHUNK],
+    feeds = {"interests": V[:CPU_USERS], "interest_mask": mask[:CPU_USERS], "history": hist[:CPU_USERS],
              "n": np.array([50])}
     for _ in range(4):
         profiled.run(None, feeds)
@@ -94,6 +100,22 @@ def main() -> None:
     print(json.dumps({"threads": args.threads, **{f"{k}_users_per_s": round(statistics.median(v), 1)
                                                   for k, v in rates.items()},
                       "unpacked / prepacked (median of rounds)": round(ratio, 3)}))
+
+
+def forms(args, E, V, mask, hist, default: TopNSession, want) -> None:
+    sessions = {"blocked (default)": default}
+    for chunk in (CHUNK, 2 * CHUNK):
+        graph = build_topn(E, 4, form="pruned", chunk=chunk).SerializeToString()
+        sessions[f"pruned, chunks of {chunk}"] = s = TopNSession(graph, len(E), "cpu", args.threads,
+                                                                 users=CPU_USERS)
+        if not np.array_equal(s.run(V, mask, hist, 50)[0], want[0]):
+            raise SystemExit(f"pruned, chunks of {chunk}: answers differ from the blocked graph's")
+    rates = {name: [] for name in sessions}
+    for _ in range(args.rounds):
+        for name, s in sessions.items():
+            rates[name].append(args.users / _timed(lambda s=s: s.run(V, mask, hist, 50)))
+    print(json.dumps({"threads": args.threads, "users_per_run": CPU_USERS,
+                      **{name: round(statistics.median(r), 1) for name, r in rates.items()}}))
 
 
 def _timed(fn) -> float:

@@ -50,8 +50,8 @@ class BatchServer:
     request, `reason` null where served. Loads and verifies the bundle once (one Ray actor each)."""
 
     def __init__(self, bundle: str | Path, n: int = 50, search: str = "auto", threads: int | None = None,
-                 provider: str = "cpu"):
-        self.bundle = load_bundle(bundle, provider, threads)
+                 provider: str = "cpu", precision: str | None = None, users_per_run: int | None = None):
+        self.bundle = load_bundle(bundle, provider, threads, precision=precision, users=users_per_run)
         self.n, self.exact = n, search
         self.raw = np.array([self.bundle.raw_id(i) for i in range(self.bundle.cfg.num_items)], dtype=object)
 
@@ -181,18 +181,28 @@ def local_batches(path: Path, batch_size: int) -> Iterator[pa.Table]:
 def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: str = "local",
               address: str | None = None, workers: int | None = None, batch_size: int = 1024, n: int = 50,
               search: str = "auto", threads: int | None = None, progress=None,
-              rows: int | None = None) -> dict:
+              rows: int | None = None, provider: str = "auto", gpus: int | None = None,
+              precision: str | None = None, users_per_run: int | None = None) -> dict:
     """Recommend for every user of `users` into the folder `out`; returns the _SUCCESS.json record.
-    rows: the input's row count when the caller has it (counted here otherwise)."""
+    rows: the input's row count when the caller has it (counted here otherwise). provider: where
+    the local engine runs the graphs; gpus: the Ray engine's actors, one per GPU (CUDA), instead of
+    CPU actors; precision and users_per_run: load_bundle's."""
     bundle, users, out = Path(bundle), Path(users), Path(out)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if batch_size < 1 or n < 1 or (workers is not None and workers < 1):
         raise ValueError("--batch-size, -n and --workers must be >= 1")
+    if gpus is not None and (engine != "ray" or gpus < 1):
+        raise ValueError("--gpus N (N >= 1) is for --engine ray: one actor per GPU; the local engine "
+                         "takes --provider cuda")
+    if gpus is not None and workers is not None:
+        raise ValueError("--gpus sets the actors (one per GPU); leave out --workers")
     check_output(out, {"--users": users, "--bundle": bundle})
     check_replaceable_output(out)
-    # verify the bundle once, here, before any worker starts; the local engine serves with it
-    server = BatchServer(bundle, n, search, threads if engine == "local" else 1)
+    # verify the bundle once, here, before any worker starts; the local engine serves with it (the
+    # driver of a Ray job checks it on the CPU: its GPUs belong to the actors)
+    server = BatchServer(bundle, n, search, threads if engine == "local" else 1,
+                         provider if engine == "local" else "cpu", precision, users_per_run)
     if engine != "local":
         del server  # the driver serves nothing: its copy of the bundle goes before the actors load theirs
     checksum = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
@@ -207,11 +217,14 @@ def run_batch(bundle: str | Path, users: str | Path, out: str | Path, engine: st
         else:
             from .distributed import run_ray
             served, failed = run_ray(bundle, users, tmp, batch_size, n, search, address, workers,
-                                     threads=threads or 1)
+                                     threads=threads or 1, gpus=gpus, precision=precision,
+                                     users_per_run=users_per_run)
         if served + failed != rows_in:  # every input row in exactly one output
             raise RuntimeError(f"{rows_in} input rows but {served} results + {failed} errors were written")
         record = {"input_rows": rows_in, "output_rows": served, "error_rows": failed, "engine": engine,
-                  "workers": workers if engine == "ray" else 1, "threads": threads,
+                  "workers": workers if engine == "ray" else 1, "threads": threads, "gpus": gpus,
+                  "provider": server.bundle.tower.provider if engine == "local" else
+                  ("cuda" if gpus else "cpu"), "precision": precision,
                   "bundle": str(bundle.resolve()), "bundle_manifest_sha256": checksum, "n": n,
                   "search": search, "seconds": round(time.perf_counter() - t0, 3)}
         (tmp / SUCCESS).write_text(json.dumps(record, indent=2))  # last: the job is complete

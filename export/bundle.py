@@ -1,15 +1,18 @@
 """A serving bundle: one folder with everything retrieval needs, verified when loaded.
 
     tower.onnx         the user tower (mindref.export.tower); its S e_i table in item_table.npy
-    topn.onnx          exact retrieval: Eq. (3) over every item and the top n (mindref.export.topn);
-                       its item vectors in item_vectors.npy
+    topn.onnx          exact retrieval: Eq. (3) over every item and the top n (mindref.export.topn),
+                       in the form the CPU runs fastest; its item vectors in item_vectors.npy
+    topn_cuda.onnx     the same function in the form CUDA runs fastest (export/topn.py:
+                       layout_for), pointing into the same item_vectors.npy
     item_vectors.npy   E [V, d] float32, e_i = f_item(F_i); row 0 (padding) is 0
     item_table.npy     S e_i [V, d] float32 (items='table' towers only)
     items.ann          Annoy index of E[1:] for inner products (mindref.export.retrieval.ItemIndex)
     item_fields.npz    each item side field's ids [V, F_f]: the tower's field inputs
     items.json         raw item ids, labels, field and profile vocabularies (for people and the CLI)
-    manifest.json      schema, versions, model config, ONNX and Annoy settings, the measured
-                       choice of search for 'auto', and each file's size and SHA-256
+    manifest.json      schema, versions, model config, ONNX and Annoy settings, the serving
+                       precision, the measured choice of search for 'auto', and each file's size
+                       and SHA-256
 
 The bundle is written into a temporary sibling folder and renamed into place, so a crash never
 leaves half a bundle under the final name. Loading checks every file's size and checksum before
@@ -49,17 +52,19 @@ from .arrays import (
     npy_view,
     point_into,
 )
+from .providers import PRECISIONS
 from .retrieval import ItemIndex, Retriever
 from .runtime import TowerSession
-from .topn import TopNSession, block_views, build_topn
+from .topn import TopNSession, build_topn, layout_for
 from .tower import IR_VERSION, OPSET, TABLE, build_tower
 
 SCHEMA_VERSION = 1
 FILES = ("tower.onnx", VECTORS_FILE, "items.ann", "item_fields.npz", "items.json")
 # absent from older bundles: without topn.onnx they search with NumPy and Annoy; without
-# item_table.npy the tower holds its table inline
-TOPN = "topn.onnx"
-OPTIONAL = (TOPN, TABLE_FILE)
+# topn_cuda.onnx CUDA runs topn.onnx; without item_table.npy the tower holds its table inline
+TOPN, TOPN_CUDA = "topn.onnx", "topn_cuda.onnx"
+TOPN_GRAPHS = {"cpu": TOPN, "cuda": TOPN_CUDA}
+OPTIONAL = (TOPN, TOPN_CUDA, TABLE_FILE)
 
 
 class BundleError(ValueError):
@@ -68,10 +73,14 @@ class BundleError(ValueError):
 
 def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n_trees: int = 50,
                   seed: int = 0, overwrite: bool = False, items: str = "table",
-                  metric: str = "angular") -> Path:
+                  metric: str = "angular", precision: str = "fp32") -> Path:
     """Write the bundle of a trained model (params, cfg) over the dataset's items to `out`.
-    overwrite=True replaces an existing bundle, and only a bundle (check_replaceable)."""
+    overwrite=True replaces an existing bundle, and only a bundle (check_replaceable).
+    precision: the serving precision recorded for the bundle ('fp32', or 'tf32' to let CUDA use
+    its tensor cores); retrieve and batch use it unless told otherwise."""
     out = Path(out)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     check_replaceable(out, overwrite)
     if ds.num_items != cfg.num_items or ds.field_sizes != tuple(cfg.field_sizes):
         raise ValueError(f"the dataset ({ds.num_items} items, fields {ds.field_sizes}) is not the model's "
@@ -80,7 +89,8 @@ def export_bundle(out: str | Path, params: dict, cfg: MINDConfig, ds: Dataset, n
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_files(tmp, params, cfg, ds, {"n_trees": n_trees, "seed": seed, "metric": metric}, items)
+        _write_files(tmp, params, cfg, ds, {"n_trees": n_trees, "seed": seed, "metric": metric}, items,
+                     precision)
         move_into_place(tmp, out)  # an old bundle is set aside, and deleted only once the new one is in
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -110,13 +120,16 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
                               "--force would delete them. Move them away or choose another --out")
 
 
-def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy: dict, items: str) -> None:
+def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy: dict, items: str,
+                 precision: str) -> None:
     E, _ = item_forward({k: np.asarray(v, np.float32) for k, v in params.items()}, ds.item_fields,
                         np.arange(cfg.num_items))  # [V, d]
     npy = npy_bytes(E)
     atomic_write(folder / VECTORS_FILE, npy)
-    topn = build_topn(E, cfg.K, external_above=0, npy_offset=npy_data_offset(npy))
-    atomic_write(folder / TOPN, topn.SerializeToString())
+    for provider, name in TOPN_GRAPHS.items():  # the same function, each in its provider's form
+        graph = build_topn(E, cfg.K, external_above=0, npy_offset=npy_data_offset(npy),
+                           **layout_for(provider, cfg.num_items))
+        atomic_write(folder / name, graph.SerializeToString())
     tower = build_tower(params, cfg, ds.item_fields, items)
     table = next((t for t in tower.graph.initializer if t.name == TABLE), None)
     if table is not None:  # items='table': S e_i [V, d] into its own .npy, shared like E
@@ -124,7 +137,7 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy
         atomic_write(folder / TABLE_FILE, npy)
         point_into(table, TABLE_FILE, npy_data_offset(npy))
     atomic_write(folder / "tower.onnx", tower.SerializeToString())
-    for graph in ("tower.onnx", TOPN):
+    for graph in ("tower.onnx", *TOPN_GRAPHS.values()):
         onnx.checker.check_model(str(folder / graph))  # by path: beside the .npy files they point into
     index = ItemIndex.build(E, **annoy)
     index.save(folder / "items.ann")
@@ -136,13 +149,15 @@ def _write_files(folder: Path, params: dict, cfg: MINDConfig, ds: Dataset, annoy
                "field_labels": [list(v) for v in ds.field_labels], "profile_names": list(ds.profile_names),
                "profile_labels": [list(v) for v in ds.profile_labels]}
     atomic_write(folder / "items.json", json.dumps(catalog).encode())
-    session = TopNSession(topn.SerializeToString(), cfg.num_items, shared=block_views(E),
-                          folder=str(folder))
+    cpu = (folder / TOPN).read_bytes()
+    session = TopNSession(cpu, cfg.num_items, "cpu",
+                          **_external(folder / TOPN, cpu, {VECTORS_FILE: (E, npy_data_offset(npy))}))
     search = measure_search(Retriever(E, index, topn=session), cfg.K)
     written = [name for name in (*FILES, *OPTIONAL) if (folder / name).exists()]
     manifest = {"format": "mindref-bundle", "schema_version": SCHEMA_VERSION, "mindref_version": __version__,
                 "config": cfg.to_dict(),
                 "onnx": {"ir_version": IR_VERSION, "opset": OPSET, "items": items}, "search": search,
+                "serving": {"precision": precision},
                 "annoy": {**annoy, "dim": cfg.dim},
                 "files": {name: file_stamp(folder / name) for name in written}}
     atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
@@ -222,32 +237,46 @@ class Bundle:
 
 
 def load_bundle(path: str | Path, provider: str = "auto", threads: int | None = None, oversample: int = 2,
-                search_k: int = -1) -> Bundle:
-    """Verify and load a bundle; BundleError names the first file that is missing or differs."""
+                search_k: int = -1, precision: str | None = None, users: int | None = None) -> Bundle:
+    """Verify and load a bundle; BundleError names the first file that is missing or differs.
+    precision: 'fp32' or 'tf32' (None: the bundle's, as exported); users: users per run of the
+    graphs (None: sized for the provider, export/providers.py)."""
     path = Path(path)
     manifest = _manifest(path / "manifest.json")
     cfg = config_from_json(manifest["config"], path / "manifest.json", BundleError)
     listed = manifest["files"]
+    precision = precision or manifest.get("serving", {}).get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise BundleError(f"{path / 'manifest.json'}: serving precision {precision!r}, expected one of "
+                          f"{PRECISIONS}")
     # each file is checked once and the checked bytes are the ones used: small files read, the
     # .npy arrays mapped (shared by every process on the machine); Annoy maps items.ann by path
-    small = {name: _read_verified(path / name, listed.get(name))
-             for name in ("tower.onnx", "item_fields.npz", "items.json", *([TOPN] if TOPN in listed else []))}
+    small = {name: _read_verified(path / name, listed.get(name))  # every graph: a bundle is whole or refused
+             for name in ("tower.onnx", "item_fields.npz", "items.json", *(g for g in TOPN_GRAPHS.values()
+                                                                           if g in listed))}
     arrays = {name: _array(path / name, listed.get(name), cfg)
               for name in (VECTORS_FILE, *([TABLE_FILE] if TABLE_FILE in listed else []))}
     E = arrays[VECTORS_FILE][0]
     with np.load(io.BytesIO(small["item_fields.npz"]), allow_pickle=False) as z:
         fields = tuple(z[f"field_{f}"] for f in range(len(cfg.field_sizes)))
     items = json.loads(small["items.json"].decode("utf-8"))
-    tower = TowerSession(small["tower.onnx"], cfg, fields, provider, threads,
+    tower = TowerSession(small["tower.onnx"], cfg, fields, provider, threads, users, precision,
                          **_external(path / "tower.onnx", small["tower.onnx"], arrays))
     index = _annoy(path / "items.ann", listed.get("items.ann"), cfg, manifest)
     topn = None
-    if TOPN in small:
-        topn = TopNSession(small[TOPN], cfg.num_items, provider, threads,
-                           **_external(path / TOPN, small[TOPN], arrays))
+    graph = topn_graph(tower.provider, small)
+    if graph is not None:
+        topn = TopNSession(small[graph], cfg.num_items, tower.provider, threads, users, precision,
+                           **_external(path / graph, small[graph], arrays))
     auto = manifest.get("search", {}).get("auto")  # the search measured fastest at export
     retriever = Retriever(E, index, oversample, search_k, topn=topn, auto=auto)
     return Bundle(path, cfg, tower, E, retriever, items, manifest)
+
+
+def topn_graph(provider: str, available) -> str | None:
+    """The top-n graph for the provider the tower really runs on: its own form, else topn.onnx
+    (bundles before topn_cuda.onnx), else none (bundles before topn.onnx search with NumPy)."""
+    return next((name for name in (TOPN_GRAPHS[provider], TOPN) if name in available), None)
 
 
 def _array(path: Path, expected: dict | None, cfg: MINDConfig) -> tuple[np.ndarray, int]:

@@ -9,6 +9,11 @@ existing cluster (OUT must then be on storage every node can write). The actors'
 sized from the cluster so that read and write tasks always find a CPU: on a 2-CPU machine a pool
 of 2 actors of 1 CPU each leaves none, and Ray Data stalls (measured). Each actor runs its model
 single-threaded by default (onnxruntime intra-op threads and the BLAS), so N actors use N cores.
+
+With gpus=N the pool is N actors of one GPU each (Ray sets each actor's CUDA_VISIBLE_DEVICES, so
+its session's device 0 is its own GPU), each loading the bundle once on CUDA (provider 'cuda': an
+actor whose CUDA provider does not load fails the job, never falls back to the CPU silently); a
+cluster with fewer than N GPUs is refused before any actor starts.
 """
 from __future__ import annotations
 
@@ -48,6 +53,15 @@ class OutcomeSink(Datasink):
         self.counts = (sum(a for a, _ in returns), sum(b for _, b in returns))
 
 
+def check_gpus(gpus: int | None, available: float) -> None:
+    """--gpus N needs N GPUs in the Ray cluster (Ray counts the GPUs it can see: none where CUDA
+    has no device, or CUDA_VISIBLE_DEVICES hides them)."""
+    if gpus is not None and available < gpus:
+        raise RuntimeError(f"--gpus {gpus}: the Ray cluster has {available:g} GPU(s); run on machines with "
+                           "CUDA GPUs (and onnxruntime-gpu: pip install 'mindref[export-gpu]'), or leave "
+                           "out --gpus to serve on CPUs")
+
+
 def actor_share(cpus: float, workers: int) -> float:
     """CPUs per actor: the cluster's CPUs less READ_WRITE_CPUS, shared by the actors, at most 1."""
     return max(0.05, min(1.0, (cpus - READ_WRITE_CPUS) / workers))
@@ -55,10 +69,12 @@ def actor_share(cpus: float, workers: int) -> float:
 
 def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, search: str,
             address: str | None = None, workers: int | None = None, server: type = BatchServer,
-            threads: int = 1) -> tuple[int, int]:
+            threads: int = 1, gpus: int | None = None, precision: str | None = None,
+            users_per_run: int | None = None) -> tuple[int, int]:
     """(served rows, failed rows) written under folder by a Ray Data job. The input is cut into
     blocks of batch_size rows as it streams (a Parquet file of one row group is read as one block,
-    which one actor alone would serve); threads: each actor's onnxruntime and BLAS threads."""
+    which one actor alone would serve); threads: each actor's onnxruntime and BLAS threads; gpus:
+    actors of one GPU each (CUDA sessions) instead of CPU actors."""
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ log lines are not the user's
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
@@ -67,16 +83,19 @@ def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, se
     context = ray.data.DataContext.get_current()
     context.enable_operator_progress_bars = False  # one progress bar for the job
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    workers = workers or max(1, int(cpus))
+    check_gpus(gpus, float(ray.cluster_resources().get("GPU", 0)))
+    workers = gpus or workers or max(1, int(cpus))
     if is_jsonl(users):
         requests = ray.data.read_text(str(users), num_cpus=TASK_CPUS).map_batches(
             _parse_text, batch_format="pyarrow", num_cpus=TASK_CPUS)
     else:
         requests = ray.data.read_parquet([str(f) for f in parquet_files(users)], num_cpus=TASK_CPUS)
     served = requests.repartition(target_num_rows_per_block=batch_size).map_batches(
-        server, fn_constructor_kwargs={"bundle": str(bundle), "n": n, "search": search, "threads": threads},
+        server, fn_constructor_kwargs={"bundle": str(bundle), "n": n, "search": search, "threads": threads,
+                                       "provider": "cuda" if gpus else "cpu", "precision": precision,
+                                       "users_per_run": users_per_run},
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=actor_share(cpus, workers),
-        batch_size=batch_size, batch_format="pyarrow",
+        num_gpus=1 if gpus else None, batch_size=batch_size, batch_format="pyarrow",
         runtime_env={"env_vars": {v: str(threads) for v in BLAS_THREADS}})
     sink = OutcomeSink(folder)
     served.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})

@@ -2,7 +2,8 @@
 
 onnxruntime-gpu lists CUDAExecutionProvider as available even on machines without the CUDA and
 cuDNN libraries; asking for it there logs a page of errors and silently falls back. We ask with the
-logger silenced and then read which providers the session actually got.
+logger silenced and then read which providers the session actually got. CUDA sessions are exact
+by default (no TF32) and pass every result-changing option explicitly (export/providers.py).
 
 TowerSession validates every request before it reaches the graph (which cannot raise: Gather
 wraps negative ids, and an all-padding history would route nothing), so a bad request is an
@@ -16,12 +17,14 @@ import numpy as np
 import onnxruntime as ort
 
 from mindref.checks import check_ids
-from mindref.model import SERVING_CHUNK, MINDConfig
+from mindref.model import MINDConfig
 
+from .providers import CPU_EP as _CPU
+from .providers import CUDA_EP as _CUDA
+from .providers import PROVIDERS, check_provider, cuda_options, provider_name, session_options, tower_users
 from .tower import INPUT_ITEMS, INPUT_PROFILE, field_input
 
-PROVIDERS = ("auto", "cuda", "cpu")
-_CUDA, _CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+__all__ = ["PROVIDERS", "TowerOutput", "TowerSession", "check_request", "cuda_needs", "make_session"]
 _DEFAULT_SEVERITY = 2  # onnxruntime's default logger severity (warnings)
 
 
@@ -33,16 +36,16 @@ class TowerOutput(NamedTuple):
 
 def make_session(model: bytes | str, provider: str = "auto", threads: int | None = None,
                  shared: dict[str, np.ndarray] | None = None, folder: str | None = None,
-                 prepack: bool = True) -> ort.InferenceSession:
+                 prepack: bool = True, precision: str = "fp32") -> ort.InferenceSession:
     """An InferenceSession on CUDA if provider is 'auto' and CUDA really loads (or 'cuda', which
     raises when it does not), else on the CPU. threads: intra-op threads (None: onnxruntime's).
+    precision: 'fp32' (exact) or 'tf32' (CUDA's tensor-core MatMul; no effect on the CPU).
 
     shared: arrays for the graph's external initializers, used in place (not copied: they may be
     memory-mapped, mindref.export.arrays); folder: where a graph given as bytes has its external
     data. prepack=False keeps onnxruntime from copying a constant MatMul operand into its own
     packed layout (a second, private copy of the catalogue per worker; export/topn.py)."""
-    if provider not in PROVIDERS:
-        raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+    check_provider(provider, precision)
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
@@ -63,12 +66,18 @@ def make_session(model: bytes | str, provider: str = "auto", threads: int | None
         return _holding(ort.InferenceSession(model, options, providers=[_CPU]), values)
     ort.set_default_logger_severity(4)  # the failed CUDA load is expected on CPU-only machines
     try:
-        session = ort.InferenceSession(model, options, providers=[_CUDA, _CPU])
+        session = ort.InferenceSession(model, options, providers=[(_CUDA, cuda_options(precision)), _CPU])
     finally:
         ort.set_default_logger_severity(_DEFAULT_SEVERITY)
     if provider == "cuda" and _CUDA not in session.get_providers():
         raise RuntimeError(f"provider 'cuda': the CUDA provider did not load ({cuda_needs()}); use "
                            "provider 'auto' or 'cpu'")
+    if _CUDA in session.get_providers():  # read back: a runtime that ignored an option is refused
+        asked, got = cuda_options(precision), session_options(session)
+        wrong = {k: got.get(k) for k, v in asked.items() if got.get(k) != v}
+        if wrong:
+            raise RuntimeError(f"the CUDA provider runs with {wrong}, not the {asked} mindref asked for "
+                               f"(onnxruntime {ort.__version__}); results would not be {precision}")
     return _holding(session, values)
 
 
@@ -94,12 +103,14 @@ class TowerSession:
     """The ONNX user tower behind the same contract as mindref.model.user_vectors."""
 
     def __init__(self, model: bytes | str, cfg: MINDConfig, item_fields: tuple, provider: str = "auto",
-                 threads: int | None = None, chunk: int = SERVING_CHUNK, **external):
-        """external: make_session's `shared` and `folder` (a graph with external data)."""
-        if chunk < 1:
+                 threads: int | None = None, chunk: int | None = None, precision: str = "fp32", **external):
+        """chunk: users per session.run (None: the provider's, providers.tower_users); external:
+        make_session's `shared` and `folder` (a graph with external data)."""
+        if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be at least 1 user, got {chunk}")
-        self.cfg, self.chunk = cfg, chunk  # users per session.run (docs/results.md)
-        self.session = make_session(model, provider, threads, **external)
+        self.cfg, self.precision = cfg, precision
+        self.session = make_session(model, provider, threads, precision=precision, **external)
+        self.chunk = tower_users(self.provider, chunk)  # users per session.run (docs/results.md)
         inputs = {i.name for i in self.session.get_inputs()}
         self.item_fields = tuple(item_fields)  # for callers (e.g. describing items)
         # the side fields the graph takes as inputs: only items='features' graphs pool from them
@@ -109,7 +120,7 @@ class TowerSession:
     @property
     def provider(self) -> str:
         """'cuda' or 'cpu': where the graph really runs."""
-        return "cuda" if self.session.get_providers()[0] == _CUDA else "cpu"
+        return provider_name(self.session)
 
     def feeds(self, hist: np.ndarray, profile: np.ndarray | None = None) -> dict:
         """The graph's inputs for histories hist [B, L] and profiles [B, P], validated."""
@@ -122,7 +133,8 @@ class TowerSession:
 
     def run(self, hist: np.ndarray, profile: np.ndarray | None = None) -> TowerOutput:
         """V_u [B, K, d], the interest mask [B, K] and the routing weights [B, K, L], computed
-        self.chunk users at a time (as the NumPy path: a chunk's working set stays in cache)."""
+        self.chunk users a run (on the CPU a run's working set stays in cache; on CUDA runs are
+        large, so that the per-op launch costs are spread over many users)."""
         feeds = self.feeds(hist, profile)
         parts = [self.session.run(None, {k: v[i:i + self.chunk] for k, v in feeds.items()})
                  for i in range(0, len(feeds[INPUT_ITEMS]), self.chunk)]

@@ -204,3 +204,32 @@ def test_ctrl_c_of_a_ray_driver_leaves_nothing_and_a_rerun_completes(world, tmp_
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "_SUCCESS.json").read_text())["output_rows"] == 596
+
+
+def test_gpus_are_refused_where_the_cluster_has_none(world, ray_local, tmp_path):
+    """`--gpus N` asks Ray for N actors of one GPU each; a cluster without them (this 2-CPU test
+    cluster) is refused before any actor starts, with what to do, and no output is left behind."""
+    out = tmp_path / "gpu-out"
+    with pytest.raises(RuntimeError, match=r"--gpus 1: the Ray cluster has 0 GPU\(s\).*leave out --gpus"):
+        batch.run_batch(world / "bundle", world / "users.jsonl", out, "ray", gpus=1)
+    assert not out.exists() and not list(tmp_path.glob(".gpu-out*"))
+
+
+def test_gpus_belong_to_the_ray_engine(world, tmp_path, capsys):
+    """The local engine takes --provider; --gpus with it, or beside --workers, is a usage error."""
+    base = ["batch", "--bundle", str(world / "bundle"), "--users", str(world / "users.jsonl")]
+    assert main([*base, "--out", str(tmp_path / "a"), "--engine", "local", "--gpus", "1"]) == 2
+    assert "--gpus N (N >= 1) is for --engine ray" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--engine", "ray", "--gpus", "1", "--workers", "2"]) \
+        == 2
+    assert "leave out --workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(tmp_path / "c"), "--engine", "ray", "--gpus", "0"])
+    assert "--gpus must be >= 1" in capsys.readouterr().err
+
+
+def test_the_local_engine_records_where_it_ran(world, tmp_path):
+    record = batch.run_batch(world / "bundle", world / "users.jsonl", tmp_path / "out", "local", n=5,
+                             provider="cpu", precision="tf32", users_per_run=7)
+    assert record["provider"] == "cpu" and record["precision"] == "tf32" and record["gpus"] is None
+    assert json.loads((tmp_path / "out" / "_SUCCESS.json").read_text())["provider"] == "cpu"

@@ -131,8 +131,8 @@ def test_bundle_tower_equals_the_numpy_model(trained):
     assert np.abs(out.interests - V_np).max() <= 1e-5
 
 
-BUNDLE_FILES = ["tower.onnx", "topn.onnx", "item_vectors.npy", "item_table.npy", "items.ann",
-                "item_fields.npz", "items.json"]
+BUNDLE_FILES = ["tower.onnx", "topn.onnx", "topn_cuda.onnx", "item_vectors.npy", "item_table.npy",
+                "items.ann", "item_fields.npz", "items.json"]
 
 
 @pytest.mark.parametrize("name", BUNDLE_FILES)
@@ -346,3 +346,43 @@ def test_explain_plot_never_writes_into_the_bundle(trained, capsys):
     assert main(["explain", "--bundle", str(bundle), "--history", "1,2,3", "--plot",
                  str(bundle / "items.json")]) == 2
     assert "--plot" in capsys.readouterr().err and (bundle / "items.json").read_bytes() == before
+
+
+def test_the_bundle_holds_each_providers_form(trained, tmp_path, monkeypatch):
+    """topn.onnx in the CPU's form, topn_cuda.onnx in CUDA's (the pruned form here, its threshold
+    lowered for a small catalogue), both pointing into item_vectors.npy and giving the same answers;
+    each provider loads its own graph, an older bundle's topn.onnx serves CUDA too."""
+    import onnx
+
+    from mindref.export import topn
+    from mindref.export.arrays import VECTORS_FILE, npy_data_offset
+    from mindref.export.bundle import TOPN, TOPN_CUDA, _external, topn_graph
+    ds, test, cfg, params, _ = trained
+    monkeypatch.setattr(topn, "PRUNED_FROM", 1)
+    export_bundle(tmp_path / "b", params, cfg, ds, n_trees=5, seed=0)
+    forms = {name: topn.graph_layout(onnx.load(str(tmp_path / "b" / name), load_external_data=False))["form"]
+             for name in (TOPN, TOPN_CUDA)}
+    assert forms == {TOPN: "blocked", TOPN_CUDA: "pruned"}
+    bundle = load_bundle(tmp_path / "b", "cpu")
+    out = bundle.tower.run(test.hist[:30])
+    arrays = {VECTORS_FILE: (bundle.E, npy_data_offset((tmp_path / "b" / VECTORS_FILE).read_bytes()))}
+    data = (tmp_path / "b" / TOPN_CUDA).read_bytes()
+    external = _external(tmp_path / "b" / TOPN_CUDA, data, arrays)
+    pruned = topn.TopNSession(data, cfg.num_items, "cpu", **external)
+    got = pruned.run(out.interests, out.mask, test.hist[:30], 20)
+    want = bundle.retriever.topn.run(out.interests, out.mask, test.hist[:30], 20)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+    assert topn_graph("cuda", {TOPN, TOPN_CUDA}) == TOPN_CUDA and topn_graph("cpu", {TOPN, TOPN_CUDA}) == TOPN
+    assert topn_graph("cuda", {TOPN}) == TOPN and topn_graph("cpu", set()) is None
+
+
+def test_the_serving_precision_is_the_bundles_unless_asked(trained, tmp_path):
+    ds, _, cfg, params, _ = trained
+    export_bundle(tmp_path / "b", params, cfg, ds, n_trees=5, seed=0, precision="tf32")
+    assert load_bundle(tmp_path / "b", "cpu").tower.precision == "tf32"
+    bundle = load_bundle(tmp_path / "b", "cpu", precision="fp32", users=3)
+    assert bundle.tower.precision == bundle.retriever.topn.precision == "fp32"
+    assert bundle.tower.chunk == bundle.retriever.topn.users_per_run(50, 10) == 3
+    with pytest.raises(ValueError, match="precision must be one of"):
+        export_bundle(tmp_path / "c", params, cfg, ds, precision="fp16")
