@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load, mean_se  # noqa: E402
 
 from mindref import baselines  # noqa: E402
-from mindref.cli import _config, _fit_args, parser  # noqa: E402
+from mindref.cli import parser, plan  # noqa: E402
 from mindref.data import leave_one_out  # noqa: E402
 from mindref.evaluate import evaluate  # noqa: E402
 from mindref.train import evaluate_model, fit  # noqa: E402
@@ -72,7 +72,8 @@ def run(ds, name: str, flags: list, seed: int, epochs: int, patience: int) -> tu
     """One configuration trained with early stopping: (its JSON row, the best epoch's parameters,
     its MINDConfig)."""
     args = parser().parse_args(["train", *flags, "--seed", str(seed), "--epochs", str(epochs), "--out", "-"])
-    cfg, fit_args = _config(args, ds), _fit_args(args)
+    chosen = plan(args)
+    cfg, fit_args = chosen.config(ds), chosen.train_cfg.fit_args()
     train, valid, test = leave_one_out(ds, cfg.max_len)
     curve, best = [], {"value": -1.0}
 

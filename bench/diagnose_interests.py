@@ -2,7 +2,7 @@
 interests.
 
     python bench/diagnose_interests.py --data ml-100k --K 4                           # the paper's training
-    python bench/diagnose_interests.py --data ml-100k --attention max --sigma 0.1  # the closest variant
+    python bench/diagnose_interests.py --data ml-100k --objective eq3-max --sigma 0.1  # the closest variant
 
 - eq3:       max_k e_i . v_k (the paper's serving score, Eq. 3)
 - attention: e_i . V softmax(pow(V^T e_i, p)), i.e. each candidate scored as training scores it
@@ -33,14 +33,15 @@ def main() -> None:
     ap.add_argument("--data", default="ml-100k")
     ap.add_argument("--K", type=int, default=4)
     ap.add_argument("--p", type=float, default=2.0)
-    ap.add_argument("--attention", default="pow", help="training objective (pow: the paper's; max: Eq. (3))")
+    ap.add_argument("--objective", choices=M.OBJECTIVES, default="label-aware",
+                    help="training objective (label-aware: the paper's, pow attention; eq3-max: Eq. 3)")
     ap.add_argument("--sigma", type=float, default=1.0, help="std of the initial routing logits")
     ap.add_argument("--epochs", type=int, default=10)
     args = ap.parse_args()
     ds = load(args.data)
     train, _, test = leave_one_out(ds, 50)
     cfg = M.MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
-                       dim=64, K=args.K, p=args.p, attention=args.attention, sigma=args.sigma, max_len=50)
+                       dim=64, K=args.K, p=args.p, objective=args.objective, sigma=args.sigma, max_len=50)
     params = fit(cfg, ds, train, epochs=args.epochs, num_neg=256).params
     E, _ = M.item_forward(params, ds.item_fields, np.arange(cfg.num_items))  # [V, d]
     cosines = []
@@ -68,7 +69,7 @@ def main() -> None:
         V, cmask = vectors(users, hist)
         return (V.sum(1) / cmask.sum(1, keepdims=True)) @ E.T
 
-    out = {"data": args.data, "K": args.K, "p": args.p, "attention": args.attention, "sigma": args.sigma,
+    out = {"data": args.data, "K": args.K, "p": args.p, "objective": args.objective, "sigma": args.sigma,
            "epochs": args.epochs}
     for name, score in (("eq3", eq3), ("attention", attention), ("mean", mean)):
         cosines.clear()

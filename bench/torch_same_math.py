@@ -4,7 +4,7 @@
     python bench/torch_same_math.py --data ml-100k --K 4 1
 
 The PyTorch port computes mindref's default step exactly (model.loss_forward with
-attention='max': f_item pooling of the item id and its side fields, S e_i, B2I routing over
+objective='eq3-max': f_item pooling of the item id and its side fields, S e_i, B2I routing over
 interests with stop-gradient, K'_u masks, the profile concatenated, ReLU layers, a linear layer,
 every candidate scored by Eq. (3) in a sampled softmax with logQ and accidental hits removed),
 from the same parameters and the same random draws (model.train_draws: b0, negatives, log Q).
@@ -24,6 +24,7 @@ installed). Last line, for scripts:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -38,10 +39,10 @@ from common import load  # noqa: E402
 from mindref import model as M  # noqa: E402
 from mindref.adam import Adam  # noqa: E402
 from mindref.allocator import keep_temporaries_mapped  # noqa: E402
-from mindref.cli import _config, parser  # noqa: E402
 from mindref.data import leave_one_out  # noqa: E402
 from mindref.samplers import LogUniformSampler  # noqa: E402
 from mindref.sparse import RowSparseGrad  # noqa: E402
+from mindref.train import TrainConfig  # noqa: E402
 
 TABLE_PREFIXES = ("item_emb", "field_emb_", "profile_emb_")
 
@@ -248,19 +249,21 @@ def main() -> None:
     print(settings(torch) + "; glibc mmap threshold raised (mindref.allocator) for the whole process",
           flush=True)
     ds = load(args.data, "all")
-    cli = parser().parse_args(["train", "--out", "-"])  # mindref train's defaults: the step timed
-    negatives = args.negatives or cli.negatives
+    default = M.MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes,
+                           profile_sizes=ds.profile_sizes)
+    negatives = args.negatives or TrainConfig.num_neg  # mindref train's defaults: the step timed
     if not isinstance(negatives, int):
         raise SystemExit(f"the default step uses --negatives {negatives}; give a count to time")
-    print(f"the step: `mindref train` defaults (d = {cli.dim}, L = {cli.max_len}, hidden {cli.hidden}, "
-          f"{negatives} shared negatives, batch {args.batch}), {args.data}", flush=True)
-    train, _, _ = leave_one_out(ds, cli.max_len)
+    print(f"the step: `mindref train` defaults (d = {default.dim}, L = {default.max_len}, hidden "
+          f"{list(default.hidden)}, {negatives} shared negatives, batch {args.batch}), {args.data}",
+          flush=True)
+    train, _, _ = leave_one_out(ds, default.max_len)
     sampler = LogUniformSampler.from_counts(np.bincount(train.target, minlength=ds.num_items))
     rng = np.random.default_rng(1)
     batches = [rng.choice(len(train.target), args.batch, replace=False) for _ in range(args.steps)]
     ratios = {}
     for K in args.K:
-        cfg = _config(cli, ds, K)
+        cfg = dataclasses.replace(default, K=K)
         for dtype, tol in ((np.float64, 1e-9), (np.float32, 1e-4)):
             worst = parity(torch, ds, train, cfg, sampler, batches[0], negatives, dtype, tol)
             print(f"K = {K}: parity {np.dtype(dtype).name}: loss and every gradient within {worst:.1e} "

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .model import MINDConfig, init_params
+from .model import MINDConfig, param_shapes
 
 SCHEMA_VERSION = 1
 
@@ -87,7 +87,8 @@ def load_training(folder: str | Path) -> tuple[dict, MINDConfig, dict, dict | No
             arrays = {k: z[k] for k in z.files}
     except Exception as err:  # a corrupt zip or array header
         raise CheckpointError(f"{path}: unreadable ({err})") from None
-    expected = init_params(cfg, dtype=_dtype(arrays))
+    dtype = _dtype(arrays)
+    expected = {k: (shape, dtype) for k, shape in param_shapes(cfg).items()}  # names, shapes, dtype
     params = {k: v for k, v in arrays.items() if not k.startswith(("adam.", "train."))}
     _compare(path, params, expected)
     optimizer = None
@@ -142,8 +143,8 @@ def config_from_json(raw, path: Path, error: type[ValueError]) -> MINDConfig:
     """The MINDConfig of a manifest's "config" object (JSON lists back to tuples); `error`
     naming path when it is not one."""
     try:
-        return MINDConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    except (TypeError, AttributeError) as err:
+        return MINDConfig.from_dict(raw)
+    except (TypeError, AttributeError, ValueError) as err:
         raise error(f"{path}: bad model config ({err})") from None
 
 
@@ -152,11 +153,12 @@ def _dtype(arrays: dict):
 
 
 def _compare(path: Path, got: dict, expected: dict, what: str = "") -> None:
+    """Every expected array (name -> (shape, dtype)) present with its shape and dtype, finite."""
     problems = [f"missing {what}{k}" for k in expected if k not in got]
     problems += [f"unexpected {what}{k}" for k in got if k not in expected]
     problems += [f"{what}{k}: shape {list(got[k].shape)} {got[k].dtype}, expected "
-                 f"{list(v.shape)} {v.dtype}" for k, v in expected.items()
-                 if k in got and (got[k].shape != v.shape or got[k].dtype != v.dtype)]
+                 f"{list(shape)} {np.dtype(dtype)}" for k, (shape, dtype) in expected.items()
+                 if k in got and (got[k].shape != tuple(shape) or got[k].dtype != dtype)]
     problems += [f"{what}{k}: contains NaN or inf" for k in expected
                  if k in got and not np.all(np.isfinite(got[k]))]
     if problems:

@@ -10,7 +10,7 @@ scored by their own max over the valid interests,
     o_pos = max_k v_k . e_t,   o_s = max_k v_k . e_{y_s}    (then logQ, hits, softmax as in 3.5)
 
 and the gradient of each max reaches its winning interest only (as MaxMF's, Weston et al. 2013).
-docs/results.md measures it against label-aware attention (model.MINDConfig(attention="max")).
+docs/results.md measures it against label-aware attention (MINDConfig(objective="eq3-max"): the default).
 """
 from __future__ import annotations
 

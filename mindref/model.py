@@ -3,7 +3,11 @@
     behaviours --(embedding & pooling, 3.2)--> e_i [B, L, d]
                --(B2I routing, 3.3)----------> u_j [B, K, d]
     concat(u_j, profile embedding) --(ReLU layers, then a linear layer to d)--> V_u [B, K, d]
-    training: label-aware attention with the target e_t (3.4) -> v_u [B, d] -> sampled softmax (3.5)
+    training, by the objective (MINDConfig.objective):
+      'eq3-max' (default): every candidate scored as serving scores it, f = max_k e . v_k (Eq. 3),
+                 in a sampled softmax (max_score_loss): not the paper's training, measured better
+      'label-aware' (the paper): label-aware attention with the target e_t (3.4) -> v_u [B, d]
+                 -> sampled softmax (3.5), with the attention's mode (pow | hard | scaled) and p
     serving:  V_u itself, with the routing logits from one fixed stored draw (no randomness)
 
 Decisions: the item function f_item is one shared set of tables (item id + category) for
@@ -22,30 +26,57 @@ from .checks import check_float, check_ids
 from .samplers import Sampler, negatives
 from .sparse import RowSparseGrad, segment_sum, unique_ids
 
+OBJECTIVES = ("eq3-max", "label-aware")  # the training objective: MINDConfig.objective
+
 
 @dataclass(frozen=True)
 class MINDConfig:
+    """The model's settings: the one home of their defaults (the command line, the benches and
+    the docs read them from here). The defaults were chosen on the validation splits of
+    MovieLens-100K and Amazon Beauty (docs/results.md, "Defaults, chosen on the validation sets");
+    on other data they are a starting point, not a finding."""
+
     num_items: int  # V, padding id 0 included
     field_sizes: tuple = ()  # rows of each item side field's table (category, genres, ...)
     profile_sizes: tuple = ()  # rows of each profile field's table (0 = unknown)
-    dim: int = 32  # d: item, capsule and user vector size
+    dim: int = 64  # d: item, capsule and user vector size
     profile_dim: int = 8  # embedding size of each profile field
     K: int = 4  # interests
     hidden: tuple = (64,)  # ReLU layers between the capsules and the output layer
     iterations: int = 3  # routing iterations r
     sigma: float = 1.0  # std of the initial routing logits (docs/results.md)
-    softmax_axis: str = "interests"
-    grad_mode: str = "stop"
-    dynamic_k: bool = True
-    # 'pow' | 'hard' | 'scaled': label-aware attention (3.4); 'max': every candidate scored by Eq. (3)
-    # (max_score_loss, not the paper's training; measured best, docs/results.md). The paper: 'pow', p = 2.
-    attention: str = "max"
-    p: float = 2.0
-    max_len: int = 50  # L
+    softmax_axis: str = "interests"  # Eq. (5): over the interests of each behaviour (decisions.md)
+    grad_mode: str = "stop"  # no gradient through the routing logits' updates (decisions.md)
+    dynamic_k: bool = True  # K'_u of Eq. (9); False: K interests for every user
+    # the training objective (OBJECTIVES): 'eq3-max' scores every candidate by Eq. (3) in the loss
+    # (max_score_loss; not the paper's, measured better: docs/results.md); 'label-aware' is the
+    # paper's label-aware attention (3.4), whose mode (attention.MODES) and p follow
+    objective: str = "eq3-max"
+    attention: str = "pow"  # label-aware only: 'pow' (the paper's), 'hard' or 'scaled'
+    p: float = 2.0  # label-aware only: the attention's power (the paper: 2)
+    max_len: int = 5  # L: the latest behaviours read (chosen on validation; caps K'_u at 2)
     seed: int = 0  # parameter init and the stored serving draw of the routing logits
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.attention not in attention.MODES:
+            raise ValueError(f"attention must be one of {attention.MODES} (label-aware attention's "
+                             f"mode), got {self.attention!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> MINDConfig:
+        """A config as to_dict wrote it (JSON lists back to tuples). Configs written before the
+        objective had its own name said attention='max' for 'eq3-max' and attention='pow' (or
+        'hard', 'scaled') for the label-aware objective: they load as what they meant."""
+        raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        if "objective" not in raw:
+            raw["objective"] = "eq3-max" if raw.get("attention") == "max" else "label-aware"
+            raw["attention"] = "pow" if raw.get("attention") == "max" else raw.get("attention", "pow")
+        return cls(**raw)
 
 
 def param_shapes(cfg: MINDConfig) -> dict[str, tuple]:
@@ -191,7 +222,7 @@ class LossCache(NamedTuple):
     S: np.ndarray  # [d, d]
     inverse: np.ndarray  # [B L + B + N] position of each id among the distinct ones
     tower: TowerCache
-    att: attention.AttentionCache | None  # None with attention='max'
+    att: attention.AttentionCache | None  # None with the eq3-max objective
     loss: sampled_softmax.SampledSoftmaxCache | max_score_loss.MaxScoreCache
 
 
@@ -206,7 +237,7 @@ def loss_forward(params: dict, cfg: MINDConfig, item_fields: tuple, batch: Batch
     e_t, e_n = e_other[:B], e_other[B:]  # [B, d], [N, d]
     V, tcache = user_tower_forward(params, cfg, e_hat, batch.hist != 0, batch.profile, b0)
     lq_pos, lq_neg = log_q if log_q is not None else (None, None)
-    if cfg.attention == "max":  # every candidate scored by Eq. (3)
+    if cfg.objective == "eq3-max":  # every candidate scored by Eq. (3)
         loss, lcache = max_score_loss.max_score_forward(V, tcache.capsule_mask, e_t, e_n, batch.target,
                                                         neg_ids, lq_pos, lq_neg)
         return loss, LossCache(icache, e_d, params["S"], inverse, tcache, None, lcache)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -14,6 +14,26 @@ from .allocator import keep_temporaries_mapped
 from .data import Dataset, EvalSet, Examples
 from .evaluate import evaluate, max_scores
 from .samplers import LogUniformSampler, negatives_count
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained: the one home of these defaults (the command line, the benches and
+    the docs read them from here; chosen on validation: docs/results.md, "Defaults")."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    num_neg: int | str = 2048  # shared sampled negatives per batch, or samplers.ALL_ITEMS (Eq. 10)
+    lr: float = 3e-3  # Adam's step size
+    early_stop: str | None = None  # a validation metric (evaluate.METRICS): stop when it stalls
+    patience: int = 3  # epochs without a gain in early_stop before stopping
+
+    def fit_args(self) -> dict:
+        """fit()'s keyword arguments."""
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "num_neg": self.num_neg, "lr": self.lr}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -40,15 +60,16 @@ class TrainingInterrupted(Exception):
         self.state = state
 
 
-def start(cfg: M.MINDConfig, lr: float = 3e-3, dtype=np.float32) -> TrainState:
+def start(cfg: M.MINDConfig, lr: float = TrainConfig.lr, dtype=np.float32) -> TrainState:
     """A fresh run seeded by cfg.seed."""
     params = M.init_params(cfg, dtype)
     return TrainState(params, Adam(params, lr=lr, frozen=("serving_logits",)),
                       np.random.default_rng(cfg.seed + 1))
 
 
-def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = 5, batch_size: int = 256,
-        num_neg: int | str = 64, lr: float = 3e-3, dtype=np.float32, progress: Callable | None = None,
+def fit(cfg: M.MINDConfig, ds: Dataset, train: Examples, epochs: int = TrainConfig.epochs,
+        batch_size: int = TrainConfig.batch_size, num_neg: int | str = TrainConfig.num_neg,
+        lr: float = TrainConfig.lr, dtype=np.float32, progress: Callable | None = None,
         state: TrainState | None = None, on_epoch: Callable | None = None,
         stop: Callable | None = None) -> TrainState:
     """Train MIND for `epochs` epochs in all (a resumed state continues where it stopped).

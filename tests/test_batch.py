@@ -15,7 +15,7 @@ require("onnx"), require("onnxruntime"), require("annoy")
 pa = require("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
-from mindref.export import batch  # noqa: E402
+from mindref.export import batch, job  # noqa: E402
 
 SMALL = ["--data-format", "synthetic", "--users", "300", "--dim", "8", "--K", "3", "--hidden", "16",
          "--max-len", "20", "--batch-size", "64", "--negatives", "16", "--epochs", "1"]
@@ -142,7 +142,7 @@ def test_ray_engine_gives_the_same_rows_on_two_cpus(world, reference, ray_local,
     2 x 1 CPU deadlocks), and the rows are those of the local engine and of retrieve."""
     for users in ("users.jsonl", "users.parquet"):
         out = tmp_path / users
-        record = batch.run_batch(world / "bundle", world / users, out, "ray", workers=2, batch_size=64, n=20)
+        record = job.run_batch(world / "bundle", world / users, out, "ray", workers=2, batch_size=64, n=20)
         assert record["engine"] == "ray" and record["output_rows"] == 596
         same_rows(results(out), reference)
         assert len(errors(out)) == record["error_rows"] == (5 if users == "users.jsonl" else 0)
@@ -211,7 +211,7 @@ def test_gpus_are_refused_where_the_cluster_has_none(world, ray_local, tmp_path)
     cluster) is refused before any actor starts, with what to do, and no output is left behind."""
     out = tmp_path / "gpu-out"
     with pytest.raises(RuntimeError, match=r"--gpus 1: the Ray cluster has 0 GPU\(s\).*leave out --gpus"):
-        batch.run_batch(world / "bundle", world / "users.jsonl", out, "ray", gpus=1)
+        job.run_batch(world / "bundle", world / "users.jsonl", out, "ray", gpus=1)
     assert not out.exists() and not list(tmp_path.glob(".gpu-out*"))
 
 
@@ -229,7 +229,7 @@ def test_gpus_belong_to_the_ray_engine(world, tmp_path, capsys):
 
 
 def test_the_local_engine_records_where_it_ran(world, tmp_path):
-    record = batch.run_batch(world / "bundle", world / "users.jsonl", tmp_path / "out", "local", n=5,
+    record = job.run_batch(world / "bundle", world / "users.jsonl", tmp_path / "out", "local", n=5,
                              provider="cpu", precision="tf32", users_per_run=7)
     assert record["provider"] == "cpu" and record["precision"] == "tf32" and record["gpus"] is None
     assert json.loads((tmp_path / "out" / "_SUCCESS.json").read_text())["provider"] == "cpu"

@@ -215,3 +215,60 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_kept(tmp_path):
     with np.errstate(all="ignore"), pytest.raises(FloatingPointError, match=message):
         fit(cfg, ds, train, epochs=2, batch_size=32, num_neg=8, state=state, on_epoch=keep)
     assert checkpoint.params_path(tmp_path).read_bytes() == before
+
+
+def test_the_objective_has_its_own_name(tmp_path, capsys):
+    """The default objective is named for what it is (eq3-max), not an attention mode: the old
+    spelling is refused with the new one in the message, the attention's own flags need the
+    paper's objective, and a checkpoint written with attention='max' loads as eq3-max."""
+    import json
+
+    import pytest
+
+    from mindref.checkpoint import load
+    from mindref.model import MINDConfig
+    with pytest.raises(SystemExit):
+        main(["train", "--data-format", "synthetic", "--attention", "max", "--out", str(tmp_path / "a")])
+    assert "--attention max is now --objective eq3-max" in capsys.readouterr().err
+    for flags in (["--attention", "hard"], ["--p", "3"]):
+        with pytest.raises(SystemExit):
+            main(["train", "--data-format", "synthetic", *flags, "--out", str(tmp_path / "b")])
+        assert "give --objective label-aware too" in capsys.readouterr().err
+    ds = synthetic(num_users=60, seed=2)
+    train, _, _ = leave_one_out(ds, 10)
+    for written, objective, attention in (("max", "eq3-max", "pow"), ("hard", "label-aware", "hard")):
+        cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                         dim=4, hidden=(4,), max_len=10)
+        folder = tmp_path / f"old-{written}"
+        checkpoint.save(folder, fit(cfg, ds, train, epochs=1, batch_size=64, num_neg=8).params, cfg)
+        manifest = json.loads((folder / "config.json").read_text())
+        del manifest["config"]["objective"]
+        manifest["config"]["attention"] = written  # as mindref wrote it before the objective was named
+        (folder / "config.json").write_text(json.dumps(manifest))
+        loaded = load(folder)[1]
+        assert (loaded.objective, loaded.attention) == (objective, attention)
+
+
+def test_every_default_has_one_home():
+    """The command line's defaults are MINDConfig's and TrainConfig's (the demo changes only
+    compare.DEMO's); a default changed in one place is changed everywhere."""
+    from dataclasses import fields
+
+    from mindref import cli
+    from mindref.compare import DEMO
+    from mindref.model import MINDConfig
+    from mindref.train import TrainConfig
+    ap = cli.parser()
+    for command, changes in (("train", {}), ("compare", {}), ("demo", DEMO)):
+        args = ap.parse_args([command, "--out", "x"] if command == "train" else [command])
+        chosen = cli.plan(args)
+        model_fields = {f.name for f in fields(MINDConfig)} - {"num_items", "field_sizes", "profile_sizes"}
+        assert set(chosen.model) == model_fields - {"profile_dim"}  # every model setting but profile_dim
+        for name in chosen.model:
+            want = changes.get(name, cli.default(MINDConfig, name))
+            got = chosen.model[name]
+            assert (list(got) if isinstance(got, tuple) else got) == want, (command, name)
+        for f in fields(TrainConfig):
+            if f.name in ("early_stop", "patience") and command != "train":
+                continue
+            assert getattr(chosen.train_cfg, f.name) == changes.get(f.name, f.default), (command, f.name)

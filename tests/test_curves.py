@@ -22,7 +22,7 @@ def scripted(monkeypatch):
     known in advance (the parameters still train for real)."""
     def script(values):
         it = itertools.chain(values, itertools.repeat(0.0))
-        monkeypatch.setattr("mindref.cli.evaluate_model", lambda *a, **k: {"NDCG@50": next(it), "HR@10": 0.0,
+        monkeypatch.setattr("mindref.runs.evaluate_model", lambda *a, **k: {"NDCG@50": next(it), "HR@10": 0.0,
                                                                            "HR@50": 0.0})
     return script
 

@@ -19,7 +19,8 @@ ITEM_FIELDS = (CATEGORY, GENRES)
 
 def tiny(**overrides) -> M.MINDConfig:
     base = dict(num_items=7, field_sizes=(3, 4), profile_sizes=(3, 2), dim=3, profile_dim=2, K=3,
-                hidden=(4,), iterations=3, max_len=5, grad_mode="full", attention="pow", sigma=1.0, seed=1)
+                hidden=(4,), iterations=3, max_len=5, grad_mode="full", objective="label-aware", sigma=1.0,
+                seed=1)
     return M.MINDConfig(**{**base, **overrides})
 
 
@@ -33,7 +34,7 @@ def tiny_batch(rng):
     dict(attention="pow", p=1.0, softmax_axis="behaviours"),
     dict(attention="scaled", p=3.0, dynamic_k=False),
     dict(attention="pow", p=0.0, grad_mode="stop", iterations=1),  # r = 1: stop == full
-    dict(attention="max"),  # every candidate scored by Eq. (3)
+    dict(objective="eq3-max"),  # every candidate scored by Eq. (3)
 ])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_whole_model_gradient(overrides, seed):
@@ -158,7 +159,8 @@ def test_multiple_interests_beat_one_on_planted_interests():
     hr = {}
     for K in (1, 4):
         cfg = M.MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
-                           dim=12, K=K, hidden=(32,), max_len=40, seed=0, attention="pow", p=2.0, sigma=1.0)
+                           dim=12, K=K, hidden=(32,), max_len=40, seed=0, objective="label-aware", p=2.0,
+                           sigma=1.0)
         hr[K] = evaluate_model(fit(cfg, ds, train, epochs=4, num_neg=128).params, cfg, ds, test)["HR@50"]
     assert hr[4] > hr[1] + 0.03
 

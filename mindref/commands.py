@@ -1,0 +1,265 @@
+"""What each `mindref` command does, once its flags are parsed (mindref/cli.py parses them):
+each handler calls the layer that does the work (runs, compare, checkpoint, export, the kit) and
+prints its result. Handlers take the parsed arguments and return the exit status.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import checkpoint
+from .compare import DEMO_SKIPS, compare, table
+from .datasets import check_fingerprint, load_dataset, locate, split
+from .evaluate import evaluate
+from .outputs import check_output
+from .progress import Progress
+from .readers import decoded_lines
+from .runs import BEST, Plan
+from .runs import train as train_run
+from .train import scorer
+
+
+def cmd_train(args) -> int:
+    outcome = train_run(Path(args.out), args.plan, args.data_path)
+    out, state, fit = Path(args.out), outcome.state, outcome.train_cfg
+    if outcome.interrupted:
+        print(f"mindref train: training interrupted at epoch {state.epoch + 1}, step {state.step}; "
+              f"checkpoint saved to {out}. Run the same command to resume.", file=sys.stderr)
+        return 130
+    print(f"{outcome.examples:,} examples x {len(state.losses)} epochs; losses "
+          + " ".join(f"{x:.3f}" for x in state.losses) + f"; checkpoint {out}")
+    if state.best is not None:
+        best = state.best
+        why = (f"stopped early: no gain in {best['metric']} for {fit.patience} epochs; "
+               if state.epoch < fit.epochs else "")
+        print(f"{why}best epoch {best['epoch']} ({best['metric']} {best['value']:.4f} on validation): "
+              f"{out / BEST} (evaluate or export it with --model {out / BEST})")
+    if state.curve and "valid" in state.curve[-1]:
+        print(json.dumps({"valid": state.curve[-1]["valid"]}, indent=2))
+    else:
+        print("no validation cases (users with >= 3 behaviours) to evaluate", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    plan: Plan = args.plan
+    ds, splits = load_dataset(plan.spec)
+    rows = compare(ds, plan.spec, splits, plan.model, plan.train_cfg, tuple(args.skip))
+    print(json.dumps({"data": plan.spec, "test": rows}, indent=2) if args.json else table(rows))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    plan: Plan = args.plan
+    ds, splits = load_dataset(plan.spec)
+    print(f"synthetic data: {len(ds.sequences)} users mixing 2-4 of {ds.field_sizes[0] - 1} planted "
+          f"interest clusters, {ds.num_items - 1} items; leave-one-out, full ranking of every item",
+          file=sys.stderr)
+    rows = compare(ds, plan.spec, splits, plan.model, plan.train_cfg, DEMO_SKIPS)
+    print(json.dumps(rows, indent=2) if args.json else table(rows))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    params, cfg, manifest, _ = checkpoint.load(args.model)
+    ds, spec, splits = _run_data(manifest, args.data_path)
+    _, valid, test = split(ds, spec, splits)
+    cases = test if args.split == "test" else valid
+    m = evaluate(scorer(params, cfg, ds), cases, cfg.num_items, not args.include_history)
+    if args.json:
+        print(json.dumps({"model": str(args.model), "split": args.split, "metrics": m}, indent=2))
+    else:
+        print(table({f"MIND K={cfg.K} ({args.split})": m}))
+    return 0
+
+
+def _run_data(manifest: dict, data_path: Path | None):
+    """(Dataset, spec, splits) of the data a run was trained on, found by locate() and checked
+    against the run's fingerprint."""
+    spec = locate(manifest.get("data") or {}, data_path)
+    ds, splits = load_dataset(spec)
+    check_fingerprint(spec, ds)
+    return ds, spec, splits
+
+
+def cmd_plot(args) -> int:
+    from .export import plots  # matplotlib only (the plots extra)
+
+    run = args.run
+    check_output(args.out, {"the run": run})  # never into the run's folder
+    plots.png_path(args.out, "--out")
+    manifest = checkpoint.read_manifest(run)
+    train = manifest.get("train") or {}
+    curve = train.get("curve") or []
+    if not curve:
+        raise ValueError(f"{run}: no per-epoch record (runs trained before mindref recorded curves, or "
+                         "none finished an epoch); train it again with `mindref train`")
+    cfg = manifest.get("config", {})
+    drawn = plots.curve_figure(curve, args.out, f"{run.name}: MIND K={cfg.get('K')}, "
+                               f"{train.get('fit', {}).get('num_neg')} negatives", train.get("best"))
+    print(f"{len(curve)} epochs -> {drawn}", file=sys.stderr)
+    return 0
+
+
+def _serving():
+    """mindref.export, or a clear error when the serving extra is not installed."""
+    try:
+        from . import export
+        from .export import bundle  # noqa: F401  (onnx, onnxruntime, Annoy: the extra's packages)
+    except ImportError as err:
+        raise OSError(f"serving needs the export extra: pip install 'mindref[export]' ({err})") from None
+    return export
+
+
+def cmd_export(args) -> int:
+    export = _serving()
+    check_output(args.out, {"--model": args.model})
+    params, cfg, manifest, _ = checkpoint.load(args.model)
+    ds, spec, _ = _run_data(manifest, args.data_path)
+    check_output(args.out, {"the data": spec.get("path")})
+    out = export.export_bundle(args.out, params, cfg, ds, args.trees, args.seed, args.force, args.items,
+                               args.metric, args.precision)
+    print(f"bundle {out}: tower.onnx (IR {export.IR_VERSION}, opset {export.OPSET}, items={args.items}), "
+          f"{cfg.num_items - 1:,} item vectors, Annoy index ({args.metric}, {args.trees} trees)")
+    return 0
+
+
+def _split_ids(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",")] if text else []
+
+
+def _bundle(args):
+    return _serving().load_bundle(args.bundle, args.provider, oversample=args.oversample,
+                                  search_k=args.search_k, precision=args.precision,
+                                  users=getattr(args, "batch_users", None))
+
+
+def cmd_retrieve(args) -> int:
+    export = _serving()
+    if args.users:
+        if not args.out:
+            raise ValueError("--users needs --out FILE")
+        check_output(args.out, {"--users": args.users, "--bundle": args.bundle})
+    bundle = _bundle(args)
+    if args.users:
+        return _retrieve_file(export, bundle, args)
+    if not args.history:
+        raise ValueError("give --history ID,ID,... or --users FILE")
+    res = export.recommend(bundle, [_split_ids(args.history)],
+                           [_split_ids(args.profile)] if args.profile else None, args.n, args.search,
+                           not args.include_history)[0]
+    if "note" in res:
+        print(f"mindref retrieve: note: {res['note']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{'rank':>4}  {'score':>8}  {'interest':>8}  {'item':>8}  title   (interests count from 0, as in "
+          "--json)")
+    for rank, (item, score, k) in enumerate(zip(res["items"], res["scores"], res["interest"]), 1):
+        label = export.describe(bundle, bundle.item_id(item))
+        print(f"{rank:>4d}  {score:8.3f}  {k:>8d}  {item:>8}  {label}")
+    return 0
+
+
+def _retrieve_file(export, bundle, args) -> int:
+    out, tmp = Path(args.out), Path(args.out).with_name(f".{Path(args.out).name}.part")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out}: is a folder; give a file name")
+    total = sum(1 for _, text in decoded_lines(args.users) if text.strip())  # also checks the encoding
+    bar, short = Progress(total, "retrieve", "user"), 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as dst:
+            lines = (text for _, text in decoded_lines(args.users))
+            for res in export.recommend_stream(bundle, lines, args.n, args.batch_size, args.search):
+                dst.write(json.dumps(res) + "\n")
+                short += "note" in res
+                bar.update(1)
+        tmp.replace(out)  # complete results or none under the final name
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    if short:
+        print(f"mindref retrieve: note: {short:,} users got fewer than {args.n} items (the \"note\" field "
+              "says why)", file=sys.stderr)
+    print(f"{total:,} users -> {out} ({bundle.tower.provider})", file=sys.stderr)
+    return 0
+
+
+def cmd_batch(args) -> int:
+    _serving()
+    try:
+        from .export import batch, job
+    except ImportError as err:
+        raise OSError(f"mindref batch needs pyarrow: pip install 'mindref[batch]' ({err})") from None
+    engine = args.engine or ("ray" if importlib.util.find_spec("ray") else "local")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise OSError("--engine ray needs Ray: pip install 'mindref[distributed]'")
+    rows = batch.count_requests(Path(args.users)) if engine == "local" and Path(args.users).exists() else None
+    bar = Progress(rows, f"batch ({engine})", "user")
+    try:
+        record = job.run_batch(args.bundle, args.users, args.out, engine, args.address, args.workers,
+                                 args.batch_size, args.n, args.search, args.threads, progress=bar.update,
+                                 rows=rows, provider=args.provider, gpus=args.gpus, precision=args.precision,
+                                 users_per_run=args.batch_users)
+    except Exception as err:  # Ray wraps worker errors in its own types: one line, the cause
+        if type(err).__module__.startswith("ray"):
+            raise RuntimeError(f"the Ray job failed: {str(err).strip().splitlines()[-1]}") from None
+        raise
+    finally:
+        bar.close()
+    print(f"{record['input_rows']:,} users -> {args.out}: {record['output_rows']:,} served, "
+          f"{record['error_rows']:,} in _errors/ ({engine}, {record['seconds']:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def cmd_conform(args) -> int:
+    spec = args.adapter
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"adapter {spec!r}: expected module:Class (e.g. myport.checks:Adapter)")
+    sys.path.insert(0, os.getcwd())  # an adapter beside the caller imports like a script's module
+    if args.thorough:
+        os.environ["MINDREF_CONFORMANCE"] = "thorough"
+    try:
+        adapter = getattr(importlib.import_module(module_name), class_name)()
+        from . import conformance
+        rows = conformance.run_adapter(adapter, args.only, args.max_examples)
+    except ImportError as err:
+        raise OSError(f"{err} (the kit needs Hypothesis: pip install 'mindref[conformance]')"
+                      if err.name == "hypothesis" else f"adapter {spec!r}: {err}") from None
+    except AttributeError:
+        raise ValueError(f"adapter {spec!r}: {module_name} has no {class_name}") from None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(r["layer"]) for r in rows)
+        for r in rows:
+            print(f"{r['layer']:<{width}}  {r['result']:<7}  {r['detail']}")
+    failed = [r for r in rows if r["result"] == "FAIL"]
+    if failed and not args.json:
+        for r in failed:
+            print(f"\n{r['report']['message']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_explain(args) -> int:
+    export = _serving()
+    bundle = _bundle(args)
+    if args.plot:
+        from .export import plots
+        check_output(args.plot, {"--bundle": args.bundle}, "--plot")
+        plots.png_path(args.plot, "--plot")
+        plots.pyplot()  # before any work: a missing matplotlib says how to install it
+    x = export.explanation(bundle, _split_ids(args.history), _split_ids(args.profile) or None, args.n)
+    if args.plot:
+        drawn = plots.explain_figure(x, args.plot)
+        print(f"{drawn}: routing weights of {x.weights.shape[1]} behaviours over {x.weights.shape[0]} "
+              "interests", file=sys.stderr)
+    print(export.explain_text(x, args.n))
+    return 0
+
+

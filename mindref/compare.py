@@ -1,0 +1,71 @@
+"""Every model on one split (`mindref compare`, the paper's Table 2; `mindref demo`): the
+baselines (MostPopular, item-CF, WALS, MaxMF), YouTube DNN (MIND with K = 1) and MIND with K
+interests, each evaluated by full ranking on the test cases with the history excluded.
+
+The demo is the same comparison on the embedded synthetic data, with the few settings it changes
+named in DEMO (a smaller model for a quick run).
+"""
+from __future__ import annotations
+
+import time
+
+from . import baselines
+from .data import Dataset
+from .datasets import split
+from .evaluate import evaluate
+from .model import MINDConfig
+from .progress import Progress, say
+from .runs import fit_with_progress
+from .train import TrainConfig, evaluate_model
+
+BASELINES = ("MostPopular", "ItemCF", "WALS", "MaxMF")
+WALS_ITERATIONS = 10
+COLUMNS = ("HR@10", "HR@50", "HR@100", "Recall@50", "NDCG@50")  # the table's metrics
+DEMO = {"dim": 16, "epochs": 5}  # the demo's changes to the defaults (and only these)
+DEMO_SKIPS = ("ItemCF", "WALS", "MaxMF")  # the demo shows MostPopular, K = 1 and K
+
+
+def mind_name(K: int) -> str:
+    return "YouTube DNN (MIND K=1)" if K == 1 else f"MIND K={K}"
+
+
+def compare(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: TrainConfig,
+            skip: tuple = ()) -> dict:
+    """Test metrics of every model (name -> metrics): the baselines not in `skip`, then MIND with
+    K = 1 and with model["K"], trained with train_cfg (model: MINDConfig fields)."""
+    train, _, test = split(ds, spec, splits)
+    rows = {}
+    R = baselines.interactions(train, len(ds.sequences), ds.num_items)
+    dim, K, seed = model.get("dim", MINDConfig.dim), model.get("K", MINDConfig.K), model.get("seed", 0)
+    steps = train_cfg.epochs * -(-len(train.target) // train_cfg.batch_size)
+    makers = (("MostPopular", 0, lambda bar: baselines.MostPopular(train, ds.num_items)),
+              ("ItemCF", 0, lambda bar: baselines.ItemCF(R)),
+              ("WALS", WALS_ITERATIONS, lambda bar: baselines.WALS(
+                  R, dim=dim, seed=seed, iterations=WALS_ITERATIONS, progress=bar.update)),
+              ("MaxMF", steps, lambda bar: baselines.MaxMF(
+                  train, len(ds.sequences), ds.num_items, T=K, dim=dim, epochs=train_cfg.epochs,
+                  batch_size=train_cfg.batch_size, num_neg=train_cfg.num_neg, lr=train_cfg.lr, seed=seed,
+                  progress=bar.update)))
+    for name, total, make in makers:
+        if name in skip or (name == "MaxMF" and spec["protocol"] != "loo"):
+            continue  # MaxMF has no vectors for held-out users
+        t0 = time.perf_counter()
+        with Progress(total or None, name, "step" if name == "MaxMF" else "iteration") as bar:
+            fitted = make(bar)
+        rows[name] = evaluate(fitted, test, ds.num_items)
+        say(f"{name}: {time.perf_counter() - t0:.0f}s")
+    for k in (1, K):
+        cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                         **{**model, "K": k})
+        state, seconds = fit_with_progress(cfg, ds, train, train_cfg, f"MIND K={k}")
+        rows[mind_name(k)] = evaluate_model(state.params, cfg, ds, test)
+        say(f"{mind_name(k)}: loss {state.losses[0]:.3f} -> {state.losses[-1]:.3f}, {seconds:.0f}s "
+            f"({train_cfg.epochs * len(train.target) / seconds:,.0f} samples/s)")
+    return rows
+
+
+def table(rows: dict) -> str:
+    """The rows as the terminal table `compare` and `demo` print."""
+    lines = [f"{'model':<26}" + "".join(f"{c:>11}" for c in COLUMNS)]
+    lines += [f"{name:<26}" + "".join(f"{m[c]:>11.4f}" for c in COLUMNS) for name, m in rows.items()]
+    return "\n".join(lines)
