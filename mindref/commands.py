@@ -4,7 +4,6 @@ prints its result. Handlers take the parsed arguments and return the exit status
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import os
@@ -217,22 +216,14 @@ def cmd_batch(args) -> int:
 
 
 def cmd_conform(args) -> int:
-    spec = args.adapter
-    module_name, _, class_name = spec.partition(":")
-    if not module_name or not class_name:
-        raise ValueError(f"adapter {spec!r}: expected module:Class (e.g. myport.checks:Adapter)")
-    sys.path.insert(0, os.getcwd())  # an adapter beside the caller imports like a script's module
+    from . import conformance
     if args.thorough:
         os.environ["MINDREF_CONFORMANCE"] = "thorough"
     try:
-        adapter = getattr(importlib.import_module(module_name), class_name)()
-        from . import conformance
-        rows = conformance.run_adapter(adapter, args.only, args.max_examples)
-    except ImportError as err:
-        raise OSError(f"{err} (the kit needs Hypothesis: pip install 'mindref[conformance]')"
-                      if err.name == "hypothesis" else f"adapter {spec!r}: {err}") from None
-    except AttributeError:
-        raise ValueError(f"adapter {spec!r}: {module_name} has no {class_name}") from None
+        adapter = conformance.load(args.adapter)
+    except conformance.ConformanceError as err:  # the adapter is broken: what and where, one line
+        raise ValueError(str(err)) from None
+    rows = conformance.run_adapter(adapter, args.only, args.max_examples, quiet=args.json)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -243,3 +243,141 @@ def test_the_vjp_path_compares_gradients():
         return dv, de_pos, np.zeros_like(de_neg)  # the negatives' gradient dropped
     with pytest.raises(C.ConformanceError, match="sampled softmax gradient de_neg"):
         C.check_sampled_softmax(sampled_softmax_port, wrong, rtol=1e-4, atol=1e-6, max_examples=30)
+
+
+# ---- the kit's contract: no wrong names, one error, flat conventions, coverage ------------------
+
+
+def test_an_epsilon_outside_the_catalogue_is_never_called_mindref():
+    """A squash with epsilon 1e-12 (no catalogued value) differs from mindref on tiny capsules: the
+    diagnosis must not say it matches mindref (the same bound as the check decides)."""
+    def eps_squash(z, eps=1e-12):
+        s = np.sum(z * z, -1, keepdims=True)
+        return s / (1 + s) / np.sqrt(s + eps) * z
+    with pytest.raises(C.ConformanceError) as err:
+        C.check_squash(eps_squash)
+    assert "matches mindref on" not in str(err.value) and "matches mindref with" not in str(err.value)
+
+
+def test_a_tower_mask_is_named_by_a_rule_only_when_one_fits():
+    """A tower that counts padding as behaviours gets a different mask, but no K'_u rule of n fits
+    it: the stage is the mask, and no interest-count rule is blamed."""
+    from mindref import model as M
+
+    def make(params, cfg, fields):
+        def tower(hist, profile):
+            V, _ = M.user_vectors(params, cfg, fields, hist, profile)
+            n = np.full(len(hist), hist.shape[1])  # padding counted
+            mask = np.arange(cfg.K)[None] < M.routing.interest_count(n, cfg.K)[:, None]
+            return V, mask
+        return tower
+    with pytest.raises(C.ConformanceError) as err:
+        C.check_user_tower(make, max_examples=30)
+    assert err.value.stage.startswith("the interest mask") and "check_interest_count" not in str(err.value)
+
+
+def test_a_float32_port_is_told_to_declare_it():
+    def float32_squash(z):
+        z32 = z.astype(np.float32)
+        n = np.linalg.norm(z32, axis=-1, keepdims=True)
+        return (z32 * n / (1 + n**2)).astype(np.float64)
+    with pytest.raises(C.ConformanceError) as err:
+        C.check_squash(float32_squash)
+    assert "declare precision='float32'" in str(err.value) and err.value.stage.startswith("precision")
+    assert C.check_squash(float32_squash, precision="float32") == 100
+
+
+def test_outputs_that_are_not_real_numbers_are_refused():
+    for bad, words in ((lambda z: z.astype(complex), "complex"), (lambda z: np.full_like(z, np.nan),
+                                                                  "not finite"),
+                       (lambda z: [["a"] * z.shape[1]] * z.shape[0], "not numbers")):
+        with pytest.raises(C.ConformanceError) as err:
+            C.check_squash(bad, max_examples=5)
+        assert err.value.kind == "output" and words in str(err.value), str(err.value)
+
+
+def test_the_interest_count_check_honours_max_examples():
+    import time
+    calls = []
+
+    def slow_port(n, K):
+        calls.append(len(n))
+        return np.array([max(1, min(K, int(x).bit_length() - 1)) for x in n])
+    t = time.perf_counter()
+    assert C.check_interest_count(slow_port, max_examples=50) <= 8 * 60
+    assert time.perf_counter() - t < 1.0 and max(calls) <= 60
+    with pytest.raises(C.ConformanceError, match=r"\|I_u\| = 3"):  # the edges beside powers of two stay in
+        C.check_interest_count(lambda n, K: np.clip(np.floor(np.log2(1 + n)), 1, K).astype(int),
+                               max_examples=20)
+
+
+def test_routing_draws_reach_where_bugs_live():
+    """At least a third of the routing examples have r >= 4 and a user with K'_u >= 2 (the i < 2
+    update and the mask only show there)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from mindref.conformance.checks_capsules import routing_cases
+    seen = []
+
+    @settings(max_examples=100, derandomize=True, database=None)
+    @given(routing_cases(st))
+    def draw(case):
+        inputs, _ = case
+        seen.append(int(inputs["iterations"]) >= 4 and int(inputs["capsule_mask"].sum(1).max()) >= 2)
+    draw()
+    assert sum(seen) >= len(seen) / 3, f"{sum(seen)} of {len(seen)}"
+
+
+def test_conventions_are_one_flat_set_of_names():
+    """The same names in a check's conventions, in an adapter's, and in the catalogue; the earlier
+    keyword spellings still work; a wrong type or name is one ConformanceError."""
+    behaviours = lambda *a: routing_port(*a, axis="behaviours")  # noqa: E731
+    assert C.check_routing(behaviours, conventions={"axis": "behaviours"}, max_examples=20) == 20
+    assert C.check_routing(behaviours, softmax_axis="behaviours", max_examples=20) == 20
+    assert C.check_attention(lambda V, e, m: attention_port(V, e, m, p=3), conventions={"p": 3.0},
+                             max_examples=20) == 20
+    for conventions, words in (([("axis", "x")], "must be a dict"), ({"softmax_axes": "x"}, "known: axis"),
+                               ({"grad": "partial"}, "not one of stop, full"), ({"dynamic_k": "yes"},
+                                                                                "bool")):
+        with pytest.raises(C.ConformanceError) as err:
+            C.check_routing(behaviours, conventions=conventions)
+        assert err.value.kind == "convention" and words in str(err.value), str(err.value)
+
+
+BROKEN = {
+    "syntax.py": ("def routing(:\n", "SyntaxError"),
+    "names.py": ("import numpy as np\nX = undefined_name\n",
+                 "NameError: name 'undefined_name' is not defined"),
+    "init.py": ("class Adapter:\n    def __init__(self):\n        raise RuntimeError('no GPU')\n",
+                "Adapter() raised RuntimeError"),
+    "conv.py": ("class Adapter:\n    conventions = ['routing']\n", "conventions must be a dict"),
+    "layer.py": ("class Adapter:\n    conventions = {'rooting': {}}\n", "'rooting', which is no layer"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(BROKEN))
+def test_a_broken_adapter_is_one_line_naming_what_is_broken(module, tmp_path, monkeypatch, capsys):
+    from mindref.cli import main
+    text, words = BROKEN[module]
+    (tmp_path / module).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(C.ConformanceError) as err:
+        C.load(f"{module[:-3]}:Adapter")
+    assert err.value.kind == "adapter" and words in str(err.value), str(err.value)
+    assert main(["conform", f"{module[:-3]}:Adapter"]) == 2
+    out = capsys.readouterr()
+    assert words in out.err and "Traceback" not in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_json_stays_json_when_the_port_prints(tmp_path, monkeypatch, capsys):
+    import json
+
+    from mindref.cli import main
+    (tmp_path / "chatty.py").write_text(
+        "import numpy as np\nclass Adapter:\n    def squash(self, z):\n        print('debug', z.shape)\n"
+        "        n = np.linalg.norm(z, axis=-1, keepdims=True)\n        return z * n / (1 + n**2)\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["conform", "chatty:Adapter", "--only", "squash", "--max-examples", "5", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)[0]["result"] == "pass" and "debug" in out.err

@@ -11,7 +11,8 @@ PACKAGES = {"mindref": ROOT / "mindref", "mindref.export": ROOT / "export"}
 # the layers, bottom up (docs/design.md): a module may import its own layer and the ones below
 LAYERS = [
     ("package", {"mindref"}),
-    ("core", {"checks", "softmax", "squash", "routing", "attention", "dense", "embedding", "sparse", "samplers",
+    ("core", {"checks", "softmax", "squash", "routing", "attention", "dense", "embedding", "sparse",
+              "samplers",
               "sampled_softmax", "max_score_loss", "allocator", "adam", "data", "readers", "datasets",
               "evaluate", "baselines", "model", "outputs", "progress"}),
     ("training and the kit", {"train", "checkpoint", "runs", "compare", "tune", "conformance", "diagnosis"}),
@@ -42,7 +43,9 @@ def imports(name: str, path: pathlib.Path, known: set[str]) -> set[str]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            candidates = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            # `from package import module` imports the module; `from module import name`, the module
+            candidates = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module
+                          for alias in node.names]
         elif isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         else:

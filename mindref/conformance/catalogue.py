@@ -4,9 +4,11 @@ mindref can compute too, so that the conformance kit can say which one a port ma
 A variant is one value per switch of its layer; the first value of every switch is mindref's
 (the paper as docs/decisions.md reads it), unless the caller declares another as its convention.
 `diagnose` tries every combination on probe inputs, fewest deviations first, and returns the
-smallest combinations whose outputs equal the port's on every probe: "your routing matches
-mindref with the softmax over behaviours and padded behaviours taking mass". Each deviation names
-its section of docs/decisions.md.
+smallest combinations whose outputs reproduce the port's on every probe *within the check's own
+error bound* (a looser tolerance would name a variant the check itself tells apart): "your
+routing matches mindref with the softmax over behaviours and padded behaviours taking mass".
+When no combination reproduces it but one removes most of the difference, it is named as a
+partial explanation. Each deviation names its section of docs/decisions.md.
 
     routing          softmax axis; padding in or out of the softmax; the logit update (every
                      iteration, only the first two, from z instead of u); the squash inside;
@@ -29,10 +31,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .routing import interest_count
-from .sampled_softmax import candidate_softmax
-from .softmax import masked_softmax
-from .squash import squash_forward
+from ..routing import interest_count
+from ..sampled_softmax import candidate_softmax
+from ..softmax import masked_softmax
+from ..squash import squash_forward
 
 
 class Choice(NamedTuple):
@@ -110,20 +112,27 @@ SWITCHES: dict[str, dict[str, tuple[Choice, ...]]] = {
 
 
 class Diagnosis(NamedTuple):
-    """The smallest variants that reproduce the port on every probe (empty: none does)."""
+    """The smallest variants that reproduce the port on every probe (empty: none does), and the
+    variant that explains most of the difference when none reproduces it all."""
 
     layer: str
     matches: tuple[tuple[Choice, ...], ...]  # each: the deviating choices of one variant
     probes: int
+    partial: tuple[Choice, ...] = ()  # the deviations that remove most of the difference
+    remaining: float = 0.0  # what is left of the difference with them, in error bounds
 
     def __str__(self) -> str:
-        if not self.matches:
-            return (f"none of the {self.layer} variants in mindref's catalogue reproduces it "
-                    f"({_count(self.layer)} tried on {self.probes} inputs): a new mistake, or several")
         if self.matches == ((),):
             return f"it matches mindref on the {self.probes} diagnostic inputs: the difference is elsewhere"
-        return " or ".join("matches mindref with " + " and ".join(f"{c.says} ({c.where})" for c in m)
-                           for m in self.matches)
+        if self.matches:
+            return " or ".join("matches mindref with " + " and ".join(f"{c.says} ({c.where})" for c in m)
+                               for m in self.matches)
+        if self.partial:
+            named = " and ".join(f"{c.says} ({c.where})" for c in self.partial)
+            return (f"partly explained by {named}: with it the difference falls to {self.remaining:.3g} "
+                    "times the error bound; something else remains")
+        return (f"none of the {self.layer} variants in mindref's catalogue reproduces it "
+                f"({_count(self.layer)} tried on {self.probes} inputs): a new mistake, or several")
 
 
 def declared(layer: str, conventions: dict | None) -> dict:
@@ -152,12 +161,15 @@ def _count(layer: str) -> int:
     return int(np.prod([len(v) for v in SWITCHES[layer].values()]))
 
 
-def diagnose(layer: str, port: Callable, probes: list[dict], rtol: float, atol: float,
+def diagnose(layer: str, port: Callable, probes: list[dict], measure: Callable,
              declared: dict | None = None, settings: dict | None = None) -> Diagnosis:
-    """The variants of `layer` (fewest deviations first) whose outputs equal port(probe)'s on
-    every probe. port returns the layer's output as an array; an exception counts as no match.
-    declared: switch -> value the caller declared as its convention (the base, not a deviation);
-    settings: the check's own parameters the variants need (attention's p)."""
+    """The variants of `layer` (fewest deviations first) that reproduce port(probe) on every probe:
+    measure(got, want, probe) -> how far apart, in units of the check's error bound (<= 1: the
+    same, as the check judges it; inf: different shapes). port returns the layer's output as an
+    array; an exception counts as no match. declared: switch -> value the caller declared as its
+    convention (the base, not a deviation); settings: the check's own parameters the variants need
+    (attention's p). Probe 0 is the failing input: a variant that brings it at least ten times
+    closer than the base, without reproducing it all, is the partial explanation."""
     want = []
     for probe in probes:
         try:
@@ -170,19 +182,38 @@ def diagnose(layer: str, port: Callable, probes: list[dict], rtol: float, atol: 
     by_cost: dict[int, list] = {}
     for combo in itertools.product(*(range(len(v)) for v in switches.values())):
         by_cost.setdefault(sum(i > 0 for i in combo), []).append(combo)
+    distance = {}
     for cost in sorted(by_cost):
-        found = [combo for combo in by_cost[cost]
-                 if _reproduces(layer, _named(switches, combo), probes, want, rtol, atol, settings or {})]
+        found = []
+        for combo in by_cost[cost]:
+            distance[combo] = _distance(layer, _named(switches, combo), probes, want, measure, settings or {})
+            if distance[combo] <= 1:
+                found.append(combo)
         if found:
-            return Diagnosis(layer, tuple(tuple(switches[name][i] for name, i in zip(switches, combo) if i)
-                                          for combo in found), len(probes))
+            return Diagnosis(layer, tuple(_choices(switches, combo) for combo in found), len(probes))
+    base_combo = (0,) * len(switches)
+    best = min(distance, key=lambda c: (distance[c], sum(i > 0 for i in c)))
+    if best != base_combo and distance[best] * 10 <= distance[base_combo]:
+        return Diagnosis(layer, (), len(probes), _choices(switches, best), distance[best])
     return Diagnosis(layer, (), len(probes))
 
 
-def _reproduces(layer: str, variant: dict, probes: list, want: list, rtol: float, atol: float,
-                settings: dict) -> bool:
-    return all(w is not None and same(_compute(layer, variant, {**p, **settings}), w, rtol, atol)
-               for p, w in zip(probes, want))
+def _choices(switches: dict, combo: tuple) -> tuple[Choice, ...]:
+    return tuple(switches[name][i] for name, i in zip(switches, combo) if i)
+
+
+def _distance(layer: str, variant: dict, probes: list, want: list, measure: Callable,
+              settings: dict) -> float:
+    """The largest distance, over the probes, between the variant and the port (inf where the
+    port could not run a probe)."""
+    worst = 0.0
+    for probe, w in zip(probes, want):
+        if w is None:
+            return np.inf
+        worst = max(worst, measure(w, _compute(layer, variant, {**probe, **settings}), probe))
+        if worst == np.inf:
+            break
+    return worst
 
 
 def _named(switches: dict, combo: tuple) -> dict:
@@ -190,6 +221,7 @@ def _named(switches: dict, combo: tuple) -> dict:
 
 
 def same(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> bool:
+    """np.isclose everywhere (NaN equal to NaN), for the hints that compare whole outputs."""
     if got.shape != want.shape:
         return False
     with np.errstate(invalid="ignore"):
@@ -282,7 +314,7 @@ def _sampled_softmax(var: dict, v, e_pos, e_neg, pos_ids, neg_ids, log_q_pos, lo
 def tower_without_relu(params: dict, cfg, item_fields: tuple, hist: np.ndarray, profile: np.ndarray
                        ) -> np.ndarray:
     """model.user_vectors with every hidden layer linear: the mistake of a port that drops the ReLU."""
-    from . import model as M
+    from .. import model as M
     _, e_hat_d, _, inverse = M.distinct_items(params, item_fields, hist.reshape(-1), cfg.num_items)
     e_hat = e_hat_d[inverse].reshape(*hist.shape, -1)  # [B, L, d]
     b0 = M.serving_logits(params, hist.shape[1])  # [K, L]
