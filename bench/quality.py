@@ -88,4 +88,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # rows already finished are in --out (each written as it ends)
+        print("quality.py: interrupted; finished rows are kept in --out", file=sys.stderr)
+        sys.exit(130)

@@ -1,6 +1,6 @@
 """Training throughput, peak memory and the fraction of the machine's GEMM rate a step reaches.
 
-    python bench/train_bench.py --data beauty            # d=64, K=4, L=50, batch 256, 3 neg/pos
+    python bench/train_bench.py --data beauty            # MINDConfig's d, K and L, batch 256, 3 neg/pos
     python bench/train_bench.py --data ml-100k --K 1
 
 Timing is the median of --repeats runs of --steps steps each (after warm-up), in one process.
@@ -50,9 +50,9 @@ def gemm_gflops(dtype=np.float32, n: int = 1024, repeats: int = 20) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="beauty")
-    ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--K", type=int, default=4)
-    ap.add_argument("--max-len", type=int, default=50)
+    ap.add_argument("--dim", type=int, default=M.MINDConfig.dim)  # the model's defaults, from their one home
+    ap.add_argument("--K", type=int, default=M.MINDConfig.K)
+    ap.add_argument("--max-len", type=int, default=M.MINDConfig.max_len)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--neg-per-pos", type=int, default=3, help="shared negatives = this x batch size")
     ap.add_argument("--grad-mode", default="stop")

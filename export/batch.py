@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mindref.outputs import write_failed
 from mindref.readers import decoded_lines
 
 from .bundle import load_bundle
@@ -53,7 +54,7 @@ class BatchServer:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         users = [None if u is None else str(u) for u in _column(table, "user")]
-        histories, profiles = _column(table, "history"), _column(table, "profile")
+        histories, profiles = _strings(_column(table, "history")), _strings(_column(table, "profile"))
         reasons = _column(table, "reason")  # set by the reader for lines that were not JSON
         ids, reasons = _validate(self.bundle, users, histories, profiles, reasons)
         ok = [r for r, reason in enumerate(reasons) if reason is None]
@@ -66,6 +67,11 @@ class BatchServer:
                 rows["scores"][r] = res.scores.astype(np.float32)
                 rows["interest"][r] = res.interests.astype(np.int8)
         return pa.table({"user": users, **rows, "reason": reasons}, schema=SERVED)
+
+
+def _strings(lists: list) -> list:
+    """Raw ids as strings (a Parquet input may hold integer ids)."""
+    return [None if v is None else [None if x is None else str(x) for x in v] for v in lists]
 
 
 def _column(table: pa.Table, name: str) -> list:
@@ -96,14 +102,20 @@ def split_outcomes(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 def write_outcomes(folder: Path, name: str, table: pa.Table) -> tuple[int, int]:
     """folder/name.parquet (served) and folder/_errors/name.parquet (failed), each written aside and
-    renamed; (served rows, failed rows)."""
+    renamed, an empty one not at all; (served rows, failed rows). A failed write (a full disk)
+    removes its temporary file and names the path and the free space."""
     counts = []
     for sub, part in zip((folder, folder / ERRORS_DIR), split_outcomes(table)):
-        sub.mkdir(parents=True, exist_ok=True)
-        tmp = sub / f".{name}.parquet.tmp"
-        pq.write_table(part, tmp)
-        os.replace(tmp, sub / f"{name}.parquet")
         counts.append(part.num_rows)
+        if not part.num_rows:
+            continue
+        tmp, final = sub / f".{name}.parquet.tmp", sub / f"{name}.parquet"
+        try:
+            sub.mkdir(parents=True, exist_ok=True)
+            pq.write_table(part, tmp)
+            os.replace(tmp, final)
+        except OSError as err:
+            raise write_failed(final, err, tmp) from None
     return counts[0], counts[1]
 
 
@@ -114,11 +126,45 @@ def is_jsonl(path: Path) -> bool:
 
 
 def parquet_files(path: Path) -> list[Path]:
-    """A Parquet file, or the Parquet files of a folder (sorted), or FileNotFoundError."""
+    """A Parquet file, or the Parquet files of a folder (sorted), or FileNotFoundError; each one's
+    schema checked (check_schema)."""
     files = [path] if path.is_file() else sorted(path.glob("*.parquet")) if path.is_dir() else []
     if not files:
         raise FileNotFoundError(f"--users {path}: no Parquet file or JSON lines (.jsonl) there")
+    for file in files:
+        check_schema(file)
     return files
+
+
+def check_schema(file: Path) -> None:
+    """A requests file must be Parquet with `user` (string or integer) and `history` (a list of
+    strings or integers), `profile` (such a list) optional: anything else is refused before any row
+    is read, naming the file, the columns it has and the ones expected (a file of the wrong shape
+    would otherwise put every row in _errors/)."""
+    try:
+        schema = pq.read_schema(file)
+    except (pa.ArrowInvalid, OSError) as err:
+        hint = " (a CSV or JSON file? give JSON lines a .jsonl name)" if "magic bytes" in str(err) else ""
+        raise ValueError(f"--users {file}: not a Parquet file{hint}: {str(err).splitlines()[0]}") from None
+    problems = []
+    for name, need in (("user", "string or integer"), ("history", "list of strings or integers"),
+                       ("profile", "list of strings or integers")):
+        if name not in schema.names:
+            if name != "profile":
+                problems.append(f"no column {name!r} ({need})")
+            continue
+        typ = schema.field(name).type
+        ok = (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_integer(typ)
+              if name == "user" else
+              (pa.types.is_list(typ) or pa.types.is_large_list(typ))
+              and (pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)
+                   or pa.types.is_integer(typ.value_type)))
+        if not ok:
+            problems.append(f"column {name!r} is {typ}, expected {need}")
+    if problems:
+        columns = ", ".join(f"{f.name}: {f.type}" for f in schema)
+        raise ValueError(f"--users {file}: {'; '.join(problems)} (its columns: {columns}); see "
+                         "`mindref batch --help` for the request format")
 
 
 def parse_lines(lines: list[str], first: int | None = None) -> pa.Table:

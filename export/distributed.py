@@ -17,8 +17,11 @@ cluster with fewer than N GPUs is refused before any actor starts.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -62,6 +65,51 @@ def check_gpus(gpus: int | None, available: float) -> None:
                            "out --gpus to serve on CPUs")
 
 
+@contextlib.contextmanager
+def quiet_fd2():
+    """File descriptor 2 sent to /dev/null for the block (C++ writes it directly, bypassing
+    sys.stderr), then put back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+CONNECT_TIMEOUT_S = 10.0  # an --address that does not answer in this time is refused
+
+
+def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """An --address (host:port or ray://host:port) must accept a connection within `timeout` seconds;
+    Ray's own join retries for minutes with a warning a line (measured). 'auto' and None are Ray's."""
+    if address in (None, "auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address}: expected HOST:PORT or ray://HOST:PORT (the address "
+                         "`ray start --head` prints)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(f"--address {address}: no Ray cluster answered within {timeout:g} s ({err}); "
+                              "check the address (`ray status` on the head node prints it), that the head "
+                              "is running, and that this machine can reach the port") from None
+
+
+def check_workers(workers: int | None, cpus: float) -> None:
+    """--workers N: at most one actor per CPU of the cluster (more cannot all start, and Ray Data
+    waits for them without a word: measured, a hang)."""
+    if workers is not None and workers > max(1, int(cpus)):
+        raise ValueError(f"--workers {workers}: the Ray cluster has {cpus:g} CPUs, so at most "
+                         f"{max(1, int(cpus))} workers (one per CPU; leave out --workers for that)")
+
+
 def actor_share(cpus: float, workers: int) -> float:
     """CPUs per actor: the cluster's CPUs less READ_WRITE_CPUS, shared by the actors, at most 1."""
     return max(0.05, min(1.0, (cpus - READ_WRITE_CPUS) / workers))
@@ -70,20 +118,36 @@ def actor_share(cpus: float, workers: int) -> float:
 def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, search: str,
             address: str | None = None, workers: int | None = None, server: type = BatchServer,
             threads: int = 1, gpus: int | None = None, precision: str | None = None,
-            users_per_run: int | None = None) -> tuple[int, int]:
-    """(served rows, failed rows) written under folder by a Ray Data job. The input is cut into
+            users_per_run: int | None = None) -> tuple[int, int, int]:
+    """(served rows, failed rows, actors) written under folder by a Ray Data job. The input is cut into
     blocks of batch_size rows as it streams (a Parquet file of one row group is read as one block,
     which one actor alone would serve); threads: each actor's onnxruntime and BLAS threads; gpus:
     actors of one GPU each (CUDA sessions) instead of CPU actors."""
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ log lines are not the user's
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 configure_logging=True)
+    started = not ray.is_initialized()
+    if started:
+        check_address(address)
+        with quiet_fd2():  # Ray's processes inherit this stderr; their C++ log lines are not the user's
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, configure_logging=True)
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    try:
+        return _job(bundle, users, folder, batch_size, n, search, workers, server, threads, gpus, precision,
+                    users_per_run)
+    except KeyboardInterrupt:  # stop the cluster this job started now, not ~90 s later (measured)
+        if started:
+            ray.shutdown()
+        raise
+
+
+def _job(bundle, users, folder, batch_size, n, search, workers, server, threads, gpus, precision,
+         users_per_run) -> tuple[int, int, int]:
     context = ray.data.DataContext.get_current()
     context.enable_operator_progress_bars = False  # one progress bar for the job
     cpus = float(ray.cluster_resources().get("CPU", 1))
     check_gpus(gpus, float(ray.cluster_resources().get("GPU", 0)))
+    if not gpus:
+        check_workers(workers, cpus)
     workers = gpus or workers or max(1, int(cpus))
     if is_jsonl(users):
         requests = ray.data.read_text(str(users), num_cpus=TASK_CPUS).map_batches(
@@ -99,7 +163,7 @@ def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, se
         runtime_env={"env_vars": {v: str(threads) for v in BLAS_THREADS}})
     sink = OutcomeSink(folder)
     served.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
-    return sink.counts
+    return (*sink.counts, workers)
 
 
 def _parse_text(table: pa.Table) -> pa.Table:

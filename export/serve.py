@@ -99,14 +99,26 @@ def _as_dict(bundle: Bundle, r: Retrieved, interests: int, n: int, excluded: np.
 
 
 def recommend_stream(bundle: Bundle, lines: Iterable[str], n: int = 50, batch: int = 1024,
-                     exact: str | bool | None = None) -> Iterator[dict]:
+                     exact: str | bool | None = None, errors: str = "raise") -> Iterator[dict]:
     """Requests as JSON lines -> one result dict per request, in order, `batch` users at a time.
-    A malformed request raises ValueError naming its line number, the user and the field."""
+    A malformed request raises ValueError naming its line number, the user and the field; with
+    errors="record" it yields {"user", "line", "error"} in its place and the others are served
+    (the rule `mindref batch` follows with its _errors/ rows)."""
+    if errors not in ("raise", "record"):
+        raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
     chunk: list[tuple[dict, tuple]] = []
     for number, text in enumerate(lines, 1):
         if not text.strip():
             continue
-        chunk.append(parse_request(bundle, number, text))
+        try:
+            chunk.append(parse_request(bundle, number, text))
+        except ValueError as err:
+            if errors == "raise":
+                raise
+            yield from _serve_chunk(bundle, chunk, n, exact)  # keep the input's order
+            chunk = []
+            yield {"user": _user_of(text), "line": number, "error": str(err)}
+            continue
         if len(chunk) == batch:
             yield from _serve_chunk(bundle, chunk, n, exact)
             chunk = []
@@ -128,7 +140,17 @@ def parse_request(bundle: Bundle, number: int, text: str) -> tuple[dict, tuple]:
         raise ValueError(f"line {number} (user {req.get('user')!r}): {err}") from None
 
 
+def _user_of(text: str):
+    try:
+        req = json.loads(text)
+    except ValueError:
+        return None
+    return req.get("user") if isinstance(req, dict) else None
+
+
 def _serve_chunk(bundle: Bundle, chunk: list, n: int, exact: str | bool | None) -> Iterator[dict]:
+    if not chunk:
+        return
     results = _recommend(bundle, *encoded(bundle, [ids for _, ids in chunk]), n, exact)
     for (req, _), res in zip(chunk, results):
         yield {"user": req.get("user"), **res}

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from .model import MINDConfig, param_shapes
+from .outputs import write_failed
 
 SCHEMA_VERSION = 1
 
@@ -29,13 +30,17 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write data to path via a temporary file and a rename: readers never see half a file."""
+    """Write data to path via a temporary file and a rename: readers never see half a file. A
+    failed write (a full disk) removes the temporary file and names the path and the free space."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise write_failed(path, err, tmp) from None
 
 
 def save(folder: str | Path, params: dict, cfg: MINDConfig, data: dict | None = None,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import __version__, commands
 from .attention import MODES
-from .compare import BASELINES, DEMO
+from .compare import BASELINES, DEMO, OPT_IN
 from .conformance import LAYERS  # the kit's layer names (Hypothesis is imported only when a check runs)
 from .datasets import FORMATS, PROTOCOLS, resolved_path
 from .evaluate import METRICS
@@ -36,7 +36,7 @@ from .export.providers import PRECISIONS  # no onnxruntime needed: the names onl
 from .model import OBJECTIVES, MINDConfig
 from .readers import DataNote
 from .routing import GRAD_MODES, SOFTMAX_AXES
-from .runs import Plan
+from .runs import Plan, interests_note
 from .samplers import ALL_ITEMS
 from .train import TrainConfig
 
@@ -47,6 +47,7 @@ BATCH_USERS_HELP = ("users per run of the ONNX graphs (default: sized for the pr
                     "CUDA's memory budget)")
 SEARCH_HELP = ("exact: Eq. (3) over every item in NumPy; onnx: the same in the bundle's top-n graph; "
                "annoy: the index; auto: the fastest, measured when the bundle was exported")
+FORCE_HELP = "replace the output if it exists (without it, an existing output is refused)"
 # flag (argparse dest) -> the setting it sets, where the names differ
 MODEL_FLAGS = ("K", "dim", "hidden", "max_len", "iterations", "sigma", "softmax_axis", "grad_mode",
                "objective", "attention", "p", "seed")
@@ -180,6 +181,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="a run's training loss and validation metrics per epoch, as a PNG")
     p.add_argument("run", type=Path, help="a run folder (mindref train --out)")
     p.add_argument("--out", required=True, type=Path, help="the PNG to write (needs the plots extra)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=commands.cmd_plot)
     p = sub.add_parser("evaluate", help="full-ranking metrics of a checkpoint")
     p.add_argument("--model", required=True, type=Path, help="a run or checkpoint folder")
@@ -193,6 +195,9 @@ def parser() -> argparse.ArgumentParser:
     _add_data(p)
     _add_model(p)
     p.add_argument("--skip", nargs="*", default=(), choices=BASELINES, help="baselines to leave out")
+    p.add_argument("--include", nargs="*", default=(), choices=OPT_IN,
+                   help="baselines run only when asked: MaxMF (slow, and untuned: trained with MIND's "
+                        "settings it scored below MostPopular on a new dataset; docs/results.md)")
     p.add_argument("--json", action="store_true", help="the metrics as JSON")
     p.set_defaults(func=commands.cmd_compare)
     p = sub.add_parser("export", help="a serving bundle: ONNX user tower, top-n graphs, item vectors, Annoy")
@@ -214,7 +219,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrieve", help="top-N items of a user (--history) or of a file of users (--users)")
     _add_serving(p, "retrieve")
     p.add_argument("--users", type=Path, help='JSON lines {"user":..,"history":[..],"profile":[..]}')
-    p.add_argument("--out", type=Path, help="JSON lines of results (with --users)")
+    p.add_argument("--out", type=Path, help="JSON lines of results (with --users); a request that cannot "
+                                            'be served is a line with "error", the others are served')
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--batch-size", type=int, default=1024, help="users read at a time (default %(default)s)")
     p.add_argument("--batch-users", type=int, help=BATCH_USERS_HELP)
     p.add_argument("--search", choices=SEARCHES, default="auto", help=SEARCH_HELP)
@@ -225,6 +232,7 @@ def parser() -> argparse.ArgumentParser:
     _add_serving(p, "explain")
     p.add_argument("--plot", type=Path, help="also draw the routing weights and retrieved items to this PNG "
                                              "(needs the plots extra: matplotlib)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=commands.cmd_explain)
     p = sub.add_parser("batch", help="recommendations for every user of a Parquet / JSON-lines file, "
                                       "in one process or on Ray")
@@ -233,6 +241,8 @@ def parser() -> argparse.ArgumentParser:
                    help="Parquet file or folder, or JSON lines: user (string), history (list of raw item "
                         "ids as strings, oldest first), profile (list of raw values as strings, optional)")
     p.add_argument("--out", required=True, type=Path, help="output folder (Parquet, _errors/, _SUCCESS.json)")
+    p.add_argument("--force", action="store_true", help="replace a finished batch output (an unfinished "
+                   "one, without _SUCCESS.json, is replaced without it; never another folder)")
     p.add_argument("--engine", choices=("local", "ray"),
                    help="local: one process; ray: Ray Data (default: ray when installed)")
     p.add_argument("--address", help="a Ray cluster to join (default: start Ray on this machine)")
@@ -276,11 +286,31 @@ def _given(argv: list[str] | None) -> set[str]:
     return set(vars(ap.parse_args(argv)))
 
 
+def _subparser(ap: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    subparsers = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
+
+
+def _flag(p: argparse.ArgumentParser, dest: str) -> str:
+    """The flag of a setting as the user types it (-n, --batch-size)."""
+    for action in p._actions:
+        if action.dest == dest and action.option_strings:
+            return max(action.option_strings, key=len)
+    return f"--{dest.replace('_', '-')}"
+
+
 def _check_values(ap: argparse.ArgumentParser, args) -> None:
-    """Values argparse's types let through but the model cannot take, each error naming its flag."""
+    """Values argparse's types let through but the model cannot take, each error naming its flag as
+    typed, with the subcommand's usage."""
+    ap = _subparser(ap, args.command)
     for name in POSITIVE:
-        if isinstance(getattr(args, name, None), int) and getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value < 1:
+            ap.error(f"{_flag(ap, name)} must be >= 1, got {value}")
+    cores = os.cpu_count() or 1
+    if isinstance(getattr(args, "threads", None), int) and args.threads > cores:
+        ap.error(f"--threads {args.threads}: this machine has {cores} cores; more threads than cores only "
+                 f"wait on each other (measured 40x slower at 1,000); give at most {cores}")
     if any(h < 1 for h in getattr(args, "hidden", [])):
         ap.error(f"--hidden: every layer size must be >= 1, got {' '.join(map(str, args.hidden))}")
     if getattr(args, "seed", 0) < 0:
@@ -317,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     _check_values(ap, args)
     if hasattr(args, "max_len"):  # the commands that train
         args.plan = plan(args)
+        model = args.plan.model
+        note = interests_note(model.get("K", MINDConfig.K), model.get("max_len", MINDConfig.max_len),
+                              model.get("dynamic_k", MINDConfig.dynamic_k))
+        if note and {"K", "max_len"} & args.given:  # the defaults' K'_u is documented (docs/results.md)
+            print(f"mindref {args.command}: note: {note}", file=sys.stderr)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", DataNote)

@@ -14,10 +14,10 @@ from . import checkpoint
 from .compare import DEMO_SKIPS, compare, table
 from .datasets import check_fingerprint, load_dataset, locate, split
 from .evaluate import evaluate
-from .outputs import check_output
+from .outputs import OutputLock, check_existing, check_output, write_failed
 from .progress import Progress
 from .readers import decoded_lines
-from .runs import BEST, Plan
+from .runs import BEST, Plan, result
 from .runs import train as train_run
 from .train import scorer
 
@@ -37,8 +37,11 @@ def cmd_train(args) -> int:
                if state.epoch < fit.epochs else "")
         print(f"{why}best epoch {best['epoch']} ({best['metric']} {best['value']:.4f} on validation): "
               f"{out / BEST} (evaluate or export it with --model {out / BEST})")
-    if state.curve and "valid" in state.curve[-1]:
-        print(json.dumps({"valid": state.curve[-1]["valid"]}, indent=2))
+    shown = [p for p in state.curve if "valid" in p]
+    if state.best is not None:  # the run's result is its best epoch: show that epoch's validation
+        shown = [p for p in shown if p.get("epoch") == state.best["epoch"]] or shown
+    if shown:
+        print(json.dumps({"valid": shown[-1]["valid"]}, indent=2))
     else:
         print("no validation cases (users with >= 3 behaviours) to evaluate", file=sys.stderr)
     return 0
@@ -47,7 +50,7 @@ def cmd_train(args) -> int:
 def cmd_compare(args) -> int:
     plan: Plan = args.plan
     ds, splits = load_dataset(plan.spec)
-    rows = compare(ds, plan.spec, splits, plan.model, plan.train_cfg, tuple(args.skip))
+    rows = compare(ds, plan.spec, splits, plan.model, plan.train_cfg, tuple(args.skip), tuple(args.include))
     print(json.dumps({"data": plan.spec, "test": rows}, indent=2) if args.json else table(rows))
     return 0
 
@@ -63,8 +66,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _result(model: Path) -> Path:
+    """The checkpoint a command reads for --model RUN: the run's best epoch when it has one."""
+    folder, note = result(model)
+    if note:
+        print(f"mindref: note: {note}", file=sys.stderr)
+    return folder
+
+
 def cmd_evaluate(args) -> int:
-    params, cfg, manifest, _ = checkpoint.load(args.model)
+    params, cfg, manifest, _ = checkpoint.load(_result(args.model))
     ds, spec, splits = _run_data(manifest, args.data_path)
     _, valid, test = split(ds, spec, splits)
     cases = test if args.split == "test" else valid
@@ -91,6 +102,7 @@ def cmd_plot(args) -> int:
     run = args.run
     check_output(args.out, {"the run": run})  # never into the run's folder
     plots.png_path(args.out, "--out")
+    check_existing(args.out, args.force)
     manifest = checkpoint.read_manifest(run)
     train = manifest.get("train") or {}
     curve = train.get("curve") or []
@@ -117,11 +129,12 @@ def _serving():
 def cmd_export(args) -> int:
     export = _serving()
     check_output(args.out, {"--model": args.model})
-    params, cfg, manifest, _ = checkpoint.load(args.model)
+    params, cfg, manifest, _ = checkpoint.load(_result(args.model))
     ds, spec, _ = _run_data(manifest, args.data_path)
     check_output(args.out, {"the data": spec.get("path")})
-    out = export.export_bundle(args.out, params, cfg, ds, args.trees, args.seed, args.force, args.items,
-                               args.metric, args.precision)
+    with OutputLock(args.out, "export"):
+        out = export.export_bundle(args.out, params, cfg, ds, args.trees, args.seed, args.force, args.items,
+                                   args.metric, args.precision)
     print(f"bundle {out}: tower.onnx (IR {export.IR_VERSION}, opset {export.OPSET}, items={args.items}), "
           f"{cfg.num_items - 1:,} item vectors, Annoy index ({args.metric}, {args.trees} trees)")
     return 0
@@ -143,11 +156,19 @@ def cmd_retrieve(args) -> int:
         if not args.out:
             raise ValueError("--users needs --out FILE")
         check_output(args.out, {"--users": args.users, "--bundle": args.bundle})
+        check_existing(args.out, args.force)
     bundle = _bundle(args)
     if args.users:
-        return _retrieve_file(export, bundle, args)
+        with OutputLock(args.out, "retrieve"):
+            return _retrieve_file(export, bundle, args)
     if not args.history:
         raise ValueError("give --history ID,ID,... or --users FILE")
+    given = len(_split_ids(args.history))
+    if given > bundle.cfg.max_len:
+        print(f"mindref retrieve: note: {given} behaviours given; the tower reads the latest "
+              f"{bundle.cfg.max_len} (L = max_len, as trained)"
+              + ("" if args.include_history else "; every one given is excluded from the results"),
+              file=sys.stderr)
     res = export.recommend(bundle, [_split_ids(args.history)],
                            [_split_ids(args.profile)] if args.profile else None, args.n, args.search,
                            not args.include_history)[0]
@@ -169,13 +190,19 @@ def _retrieve_file(export, bundle, args) -> int:
     if out.is_dir():
         raise IsADirectoryError(f"--out {out}: is a folder; give a file name")
     total = sum(1 for _, text in decoded_lines(args.users) if text.strip())  # also checks the encoding
-    bar, short = Progress(total, "retrieve", "user"), 0
+    bar, short, failed = Progress(total, "retrieve", "user"), 0, []
     try:
         with open(tmp, "w", encoding="utf-8") as dst:
             lines = (text for _, text in decoded_lines(args.users))
-            for res in export.recommend_stream(bundle, lines, args.n, args.batch_size, args.search):
-                dst.write(json.dumps(res) + "\n")
+            for res in export.recommend_stream(bundle, lines, args.n, args.batch_size, args.search,
+                                               errors="record"):
+                try:
+                    dst.write(json.dumps(res) + "\n")
+                except OSError as err:
+                    raise write_failed(out, err, tmp) from None
                 short += "note" in res
+                if "error" in res:
+                    failed.append(res["error"])
                 bar.update(1)
         tmp.replace(out)  # complete results or none under the final name
     finally:
@@ -184,8 +211,11 @@ def _retrieve_file(export, bundle, args) -> int:
     if short:
         print(f"mindref retrieve: note: {short:,} users got fewer than {args.n} items (the \"note\" field "
               "says why)", file=sys.stderr)
-    print(f"{total:,} users -> {out} ({bundle.tower.provider})", file=sys.stderr)
-    return 0
+    if failed:  # the rule batch follows: a bad request is recorded and the others are served
+        print(f"mindref retrieve: {len(failed):,} of {total:,} requests could not be served (their lines in "
+              f"{out} hold \"error\"; the first: {failed[0]})", file=sys.stderr)
+    print(f"{total - len(failed):,} users -> {out} ({bundle.tower.provider})", file=sys.stderr)
+    return 1 if total and len(failed) == total else 0
 
 
 def cmd_batch(args) -> int:
@@ -203,7 +233,10 @@ def cmd_batch(args) -> int:
         record = job.run_batch(args.bundle, args.users, args.out, engine, args.address, args.workers,
                                  args.batch_size, args.n, args.search, args.threads, progress=bar.update,
                                  rows=rows, provider=args.provider, gpus=args.gpus, precision=args.precision,
-                                 users_per_run=args.batch_users)
+                                 users_per_run=args.batch_users, force=args.force)
+    except job.NothingServed as err:  # not a success: a scheduler must see it fail
+        print(f"mindref batch: failed: {err}", file=sys.stderr)
+        return 1
     except Exception as err:  # Ray wraps worker errors in its own types: one line, the cause
         if type(err).__module__.startswith("ray"):
             raise RuntimeError(f"the Ray job failed: {str(err).strip().splitlines()[-1]}") from None
@@ -244,6 +277,7 @@ def cmd_explain(args) -> int:
         from .export import plots
         check_output(args.plot, {"--bundle": args.bundle}, "--plot")
         plots.png_path(args.plot, "--plot")
+        check_existing(args.plot, args.force, "--plot")
         plots.pyplot()  # before any work: a missing matplotlib says how to install it
     x = export.explanation(bundle, _split_ids(args.history), _split_ids(args.profile) or None, args.n)
     if args.plot:

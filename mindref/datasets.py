@@ -47,6 +47,9 @@ def load_dataset(spec: dict) -> tuple[Dataset, dict]:
         return readers.read_sequences(path, attributes, spec.get("category", "all")), {}
     if fmt == "comirec":
         return readers.read_comirec(path, spec.get("name", "book"))
+    if path.is_dir():
+        raise IsADirectoryError(f"--data-path {path}: is a folder; the csv format reads one file of "
+                                "user,item,timestamp rows (give the file)")
     return readers.read_interactions_csv(path), {}
 
 

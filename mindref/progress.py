@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 INTERVAL = 10.0  # seconds between two plain progress lines (a log stays readable, a wait is never silent)
@@ -98,3 +99,26 @@ def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
     else:
         tqdm.write(line, file=sys.stderr)
+
+
+class Working:
+    """A step with no count to show (one library call: Annoy's build): a line when it starts and,
+    every `interval` seconds while it runs, a line with the time so far, so no wait is silent."""
+
+    def __init__(self, desc: str, interval: float = INTERVAL):
+        self.desc, self.interval = desc, interval
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        t0 = time.perf_counter()
+        while not self.done.wait(self.interval):
+            say(f"mindref: {self.desc}: still working, {duration(time.perf_counter() - t0)} so far")
+
+    def __enter__(self) -> Working:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()

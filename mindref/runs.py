@@ -7,11 +7,14 @@ every epoch, its best epoch kept, stopped early or cleanly on Ctrl-C.
 A run resumes only with the settings it was started with (each differing one named); the data
 is checked by fingerprint. After every epoch: the validation metrics join the run's curve, the
 best epoch so far is saved to RUN/best (before the state that names it), then the state. Ctrl-C
-or SIGTERM finishes the current step and saves a state the same command resumes exactly.
+or SIGTERM finishes the current step and saves a state the same command resumes exactly. One
+command trains a folder at a time (outputs.OutputLock). A run's result is its best epoch when it
+has one (`result`): `evaluate --model RUN` and `export --model RUN` use RUN/best then.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from dataclasses import fields
@@ -22,7 +25,7 @@ from . import checkpoint
 from .data import Dataset, Examples
 from .datasets import check_fingerprint, fingerprint, load_dataset, locate, split
 from .model import MINDConfig
-from .outputs import check_output
+from .outputs import OutputLock, check_output
 from .progress import Progress, say
 from .train import TrainConfig, TrainingInterrupted, TrainState, evaluate_model, fit, load_state, save_state
 
@@ -99,8 +102,37 @@ class Plan(NamedTuple):
 
 
 def train(out: Path, plan: Plan, data_path=None) -> Outcome:
-    """Train (or resume) the run in `out` as `plan` asks; see the module docstring."""
-    out = Path(out)
+    """Train (or resume) the run in `out` as `plan` asks; see the module docstring. A second
+    command training the same folder is refused while this one holds it."""
+    with OutputLock(out, "train"):
+        return _train(Path(out), plan, data_path)
+
+
+def result(folder: Path) -> tuple[Path, str | None]:
+    """The checkpoint that is a run's result, and a note saying which: RUN/best when the run
+    recorded a best epoch (early stopping), else the folder itself."""
+    folder = Path(folder)
+    try:
+        best = (checkpoint.read_manifest(folder).get("train") or {}).get("best")
+    except checkpoint.CheckpointError:
+        return folder, None
+    if best and (folder / BEST / "config.json").exists():
+        return folder / BEST, (f"{folder}: using its best epoch {best['epoch']} ({best['metric']} "
+                               f"{best['value']:.4f} on validation), {folder / BEST}")
+    return folder, None
+
+
+def interests_note(K: int, max_len: int, dynamic_k: bool = True) -> str | None:
+    """A note when K'_u (Eq. 9) cannot reach K with this L: interests that are never used."""
+    most = max(1, int(max(max_len, 1)).bit_length() - 1)  # floor(log2 L)
+    if dynamic_k and K > most:
+        return (f"with max_len L = {max_len}, K'_u = max(1, min(K, floor(log2 n))) is at most "
+                f"{most} (Eq. 9): interests {most + 1}..{K} of K = {K} are never used; raise "
+                "--max-len or lower --K")
+    return None
+
+
+def _train(out: Path, plan: Plan, data_path=None) -> Outcome:
     if (out / "config.json").exists():  # resume: the run's own config, data and training settings
         state, cfg, manifest = load_state(out)
         spec = locate(manifest["data"], data_path)
@@ -141,9 +173,15 @@ def train(out: Path, plan: Plan, data_path=None) -> Outcome:
     except TrainingInterrupted as stopped:
         save_state(out, stopped.state, cfg, spec, train_cfg.to_dict())
         return Outcome(stopped.state, cfg, train_cfg, len(examples.target), True)
+    except FloatingPointError as err:  # say what is kept: the last checkpoint, or nothing yet
+        saved = (out / "config.json").exists()
+        kept = checkpoint.read_manifest(out).get("train", {}).get("epoch") if saved else None
+        where = (f"the checkpoint of epoch {kept} is kept" if kept else
+                 "no epoch had finished, so nothing was saved")
+        raise FloatingPointError(str(err).replace("the last checkpoint is kept", where)) from None
     except BaseException:
-        if created and not any(out.iterdir()):  # nothing was saved: leave no empty run behind
-            out.rmdir()
+        if created and not (out / "config.json").exists():  # no epoch saved: leave no half run behind
+            shutil.rmtree(out, ignore_errors=True)  # (e.g. RUN/best written before a full disk)
         raise
     return Outcome(state, cfg, train_cfg, len(examples.target), False)
 
@@ -166,7 +204,9 @@ def epoch_hook(out: Path, cfg: MINDConfig, ds: Dataset, valid, spec: dict, train
             value = point["valid"][metric]
             if state.best is None or value > state.best["value"]:
                 state.best = {"epoch": state.epoch, "metric": metric, "value": value}
-                checkpoint.save(out / BEST, state.params, cfg, spec)  # before the state that names it
+                # before the state that names it; with the curve, so that `mindref plot RUN/best` works
+                record = {"curve": state.curve, "best": state.best, "fit": train_cfg.to_dict()}
+                checkpoint.save(out / BEST, state.params, cfg, spec, record)
                 shown += " (best)"
             stop = state.epoch - state.best["epoch"] >= patience
         save_state(out, state, cfg, spec, train_cfg.to_dict())

@@ -50,7 +50,8 @@ def results(folder):
 
 
 def errors(folder):
-    return pq.read_table(folder / "_errors").to_pylist()
+    """The _errors/ rows (a job with none writes no _errors/ part)."""
+    return pq.read_table(folder / "_errors").to_pylist() if (folder / "_errors").exists() else []
 
 
 def same_rows(a: dict, b: dict) -> None:
@@ -85,9 +86,11 @@ def test_local_engine_matches_retrieve_and_accounts_for_every_row(world, referen
     success = json.loads((out / "_SUCCESS.json").read_text())
     assert success["input_rows"] == 601 and success["output_rows"] == 596 and success["error_rows"] == 5
     assert "596 served, 5 in _errors/" in capsys.readouterr().err
-    # a rerun replaces the output: no duplicates
-    assert main(["batch", "--bundle", str(world / "bundle"), "--users", str(world / "users.parquet"),
-                 "--out", str(out), "--engine", "local", "-n", "20", "--batch-size", "100"]) == 0
+    # a rerun replaces a finished output only with --force, and then wholly: no duplicates
+    rerun = ["batch", "--bundle", str(world / "bundle"), "--users", str(world / "users.parquet"),
+             "--out", str(out), "--engine", "local", "-n", "20", "--batch-size", "100"]
+    assert main(rerun) == 2 and "pass --force" in capsys.readouterr().err
+    assert main([*rerun, "--force"]) == 0
     assert pq.read_table(out).num_rows == 596 and not errors(out)
     same_rows(results(out), reference)
 
@@ -143,9 +146,26 @@ def test_ray_engine_gives_the_same_rows_on_two_cpus(world, reference, ray_local,
     for users in ("users.jsonl", "users.parquet"):
         out = tmp_path / users
         record = job.run_batch(world / "bundle", world / users, out, "ray", workers=2, batch_size=64, n=20)
-        assert record["engine"] == "ray" and record["output_rows"] == 596
+        assert record["engine"] == "ray" and record["output_rows"] == 596 and record["workers"] == 2
         same_rows(results(out), reference)
         assert len(errors(out)) == record["error_rows"] == (5 if users == "users.jsonl" else 0)
+        parts = list((out / "_errors").glob("*.parquet")) if (out / "_errors").exists() else []
+        assert all(pq.read_metadata(p).num_rows for p in parts)  # no empty part per task
+
+
+def test_ray_refuses_more_workers_than_cpus_and_an_address_that_does_not_answer(world, ray_local, tmp_path):
+    with pytest.raises(ValueError, match="--workers 1000: the Ray cluster has 2 CPUs, so at most 2"):
+        job.run_batch(world / "bundle", world / "users.parquet", tmp_path / "o", "ray", workers=1000)
+    assert not (tmp_path / "o").exists()
+    import time
+
+    from mindref.export.distributed import check_address
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match="--address 127.0.0.1:9: no Ray cluster answered"):
+        check_address("127.0.0.1:9", timeout=2)
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        check_address("nowhere")
 
 
 class DiesOnce(batch.BatchServer):
@@ -172,8 +192,8 @@ def test_a_worker_that_dies_mid_job_still_gives_a_complete_output(world, referen
     folder = tmp_path / "out"
     folder.mkdir()
     try:
-        served, failed = run_ray(world / "bundle", world / "users.parquet", folder, 64, 20, "auto", workers=2,
-                                 server=DiesOnce)
+        served, failed, _ = run_ray(world / "bundle", world / "users.parquet", folder, 64, 20, "auto",
+                                    workers=2, server=DiesOnce)
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert marker.exists()  # the worker did die

@@ -187,9 +187,12 @@ def test_train_then_evaluate_then_resume(tmp_path, capsys):
 
 
 def test_compare_prints_every_model(capsys):
-    assert main(["compare", *SMALL, "--epochs", "1", "--json"]) == 0
+    assert main(["compare", *SMALL, "--epochs", "1", "--json", "--include", "MaxMF"]) == 0
     rows = json.loads(capsys.readouterr().out)["test"]
     assert set(rows) == {"MostPopular", "ItemCF", "WALS", "MaxMF", "YouTube DNN (MIND K=1)", "MIND K=3"}
+    assert main(["compare", *SMALL, "--epochs", "1", "--json", "--skip", "ItemCF", "WALS"]) == 0
+    rows = json.loads(capsys.readouterr().out)["test"]  # MaxMF only when asked (compare.OPT_IN says why)
+    assert set(rows) == {"MostPopular", "YouTube DNN (MIND K=1)", "MIND K=3"}
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

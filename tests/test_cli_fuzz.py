@@ -1,8 +1,12 @@
 """The whole command line under generated arguments and files (issue 11): for every case the exit
-status is 0, 2 or 130, no traceback escapes, no input changes (checksums of every file before and
-after), and an output is either complete or absent."""
+status is 0, 1 (a job that served nobody), 2 or 130, no traceback escapes, no input changes
+(checksums of every file before and after), and an output is either complete or absent. Issue 25
+adds three faults to the draw: a disk that fills after a few writes, a second writer holding the
+output, and Parquet request files of the wrong shape."""
+import errno
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from hypothesis import strategies as st
 
 from mindref import checkpoint
 from mindref.cli import main
+from mindref.outputs import OutputLock
 
 CLI = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                deadline=None)
@@ -79,7 +84,8 @@ def command(world: Path, scratch: Path):
 
     out = st.one_of(st.just(str(scratch / "out")), st.just(str(scratch / "out")), paths)
     results = st.one_of(st.just(str(scratch / "out.jsonl")), st.just(str(scratch / "out.jsonl")), paths)
-    users = st.sampled_from([str(scratch / "u.jsonl"), str(world / "users.jsonl")])
+    users = st.sampled_from([str(scratch / "u.jsonl"), str(world / "users.jsonl"),
+                             str(scratch / "u.parquet")])
     common_train = st.tuples(opt("--dim", NUMBERS), opt("--K", NUMBERS), opt("--hidden", NUMBERS),
                              opt("--epochs", st.sampled_from(["1", "2", "0", "x"])), opt("--lr", FLOATS),
                              opt("--seed", NUMBERS), opt("--max-len", NUMBERS), opt("--negatives", NUMBERS),
@@ -117,24 +123,69 @@ def command(world: Path, scratch: Path):
     return st.one_of(train, evaluate, export, retrieve, explain, batch).map(flat)
 
 
+def users_table():
+    """A Parquet request table: the right shape, or a column missing, renamed or of the wrong type."""
+    import pyarrow as pa
+    history = st.lists(st.sampled_from(["i1", "i2", "zz"]), max_size=3)
+    columns = st.fixed_dictionaries({"user": st.sampled_from([["a", "b"], [1, 2]]),
+                                     "history": st.one_of(st.tuples(history, history).map(list),
+                                                          st.just(["i1,i2", "i3"]))})
+    drop = st.sampled_from([None, "user", "history"])
+    return st.tuples(columns, drop).map(lambda t: pa.table({k: v for k, v in t[0].items() if k != t[1]}))
+
+
+class DiskFull:
+    """The disk fills after `allowed` more writes: os.fsync (every checkpoint and bundle file) and
+    Parquet part writes raise ENOSPC from then on."""
+
+    def __init__(self, monkeypatch, allowed: int):
+        import pyarrow.parquet as pq
+        self.left = allowed
+        for module, name in ((os, "fsync"), (pq, "write_table")):
+            monkeypatch.setattr(module, name, self.wrap(getattr(module, name)))
+
+    def wrap(self, real):
+        def write(*args, **kw):
+            self.left -= 1
+            if self.left < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(*args, **kw)
+        return write
+
+
 @CLI
 @given(data=st.data())
 def test_the_cli_never_loses_data_or_prints_a_traceback(world, tmp_path_factory, capsys, data):
+    import pyarrow.parquet as pq
     scratch = tmp_path_factory.mktemp("scratch")
     (scratch / "data.csv").write_text(data.draw(csv_text(), label="csv"))
     (scratch / "u.jsonl").write_text(data.draw(users_text(), label="users"))
+    pq.write_table(data.draw(users_table(), label="parquet"), scratch / "u.parquet")
     argv = data.draw(command(world, scratch), label="argv")
+    disk = data.draw(st.sampled_from([None, None, 0, 1, 3]), label="disk full after writes")
+    held = data.draw(st.sampled_from([False, False, False, True]), label="a second writer holds out")
     before, scratch_inputs = checksums(world), checksums(scratch)
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse: a usage error
-        code = exit_.code
+    with pytest.MonkeyPatch.context() as patch:
+        if disk is not None:
+            DiskFull(patch, disk)
+        try:
+            if held:
+                with OutputLock(scratch / "out", "other"), OutputLock(scratch / "out.jsonl", "other"):
+                    code = main(argv)
+            else:
+                code = main(argv)
+        except SystemExit as exit_:  # argparse: a usage error
+            code = exit_.code
     err = capsys.readouterr().err
-    assert code in (0, 2, 130), (argv, err)
+    assert code in (0, 1, 2, 130), (argv, err)
+    own = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+    if held and own is not None and own.name in ("out", "out.jsonl") and own.parent == scratch:
+        assert code == 2, (argv, err)  # never two writers
+    if disk is not None and code == 2 and "no space left" in err:
+        assert "MiB free on" in err, err  # the path and the free space named
     assert "Traceback" not in err
     after = checksums(world)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    own = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
     if code == 0 and own is not None:  # a command that succeeded may change its own output only
         changed = {k for k in changed if not (world / k).resolve().is_relative_to(own.resolve())}
     assert not changed, (argv, changed)  # no input changed
@@ -142,14 +193,16 @@ def test_the_cli_never_loses_data_or_prints_a_traceback(world, tmp_path_factory,
     leftovers = [p.name for p in scratch.iterdir() if p.name.startswith(".")]
     assert not leftovers, (argv, leftovers)  # no .part, .tmp-PID or .old-PID
     out = scratch / "out"
-    if out.exists() and argv[0] == "batch":  # complete: _SUCCESS.json, every input row accounted for
+    if out.exists() and argv[0] == "batch" and code == 1:  # served nobody: reasons, no _SUCCESS.json
+        assert not (out / "_SUCCESS.json").exists() and (out / "_errors").is_dir()
+    elif out.exists() and argv[0] == "batch":  # complete: _SUCCESS.json, every input row accounted for
         record = json.loads((out / "_SUCCESS.json").read_text())
         assert code == 0 and record["input_rows"] == record["output_rows"] + record["error_rows"]
     if out.exists() and argv[0] == "export":
         assert code == 0 and (out / "manifest.json").is_file()
     if out.exists() and argv[0] == "train":
         checkpoint.load(out)  # complete: it loads
-    if argv[0] == "retrieve" and "--users" in argv and code == 0:  # complete: one result per user
+    if argv[0] == "retrieve" and "--users" in argv and code in (0, 1):  # complete: a line per user
         users = Path(argv[argv.index("--users") + 1]).read_text().splitlines()
         results = Path(argv[argv.index("--out") + 1]).read_text().splitlines()
         assert len(results) == len([x for x in users if x.strip()])

@@ -308,9 +308,11 @@ def test_cli_export_retrieve_explain(trained, tmp_path, capsys):
     assert [x["user"] for x in lines] == list(range(5)) and all(len(x["items"]) == 4 for x in lines)
     users.write_text('{"user": 1, "history": [1, 2]}\n{"user": 2, "history": [1, 99999]}\n')
     assert main(["retrieve", "--bundle", str(tmp_path / "b"), "--users", str(users), "--out",
-                 str(tmp_path / "bad.jsonl")]) == 2
+                 str(tmp_path / "bad.jsonl")]) == 0  # the bad line is recorded, the other served
     assert "line 2 (user 2): item 99999 is not in this bundle" in capsys.readouterr().err
-    assert not (tmp_path / "bad.jsonl").exists() and not (tmp_path / ".bad.jsonl.part").exists()
+    written = [json.loads(x) for x in (tmp_path / "bad.jsonl").read_text().splitlines()]
+    assert len(written[0]["items"]) == 50 and written[1]["line"] == 2 and "99999" in written[1]["error"]
+    assert not (tmp_path / ".bad.jsonl.part").exists()
 
 
 def test_retrieve_prints_a_header_and_interests_count_from_0_everywhere(trained, capsys):

@@ -220,6 +220,8 @@ def test_fewer_results_than_asked_are_reported(run, tmp_path, capsys):
 
 
 def test_users_file_errors_name_the_line_the_user_and_the_field(run, tmp_path, capsys):
+    """A request that cannot be served is a line with "error" in the output (the rule batch follows
+    with _errors/), naming its line, user and field; the others are served."""
     bundle, users, out = str(run / "bundle"), tmp_path / "u.jsonl", tmp_path / "r.jsonl"
     good = [json.dumps({"user": f"u{k}", "history": [1, 2]}) for k in range(5)]
     cases = [(good + [json.dumps({"user": "ann", "history": []})], "line 6 (user 'ann'): history: empty"),
@@ -229,12 +231,18 @@ def test_users_file_errors_name_the_line_the_user_and_the_field(run, tmp_path, c
               "line 2 (user 7): history: expected a list")]
     for lines, message in cases:
         users.write_text("\n".join(lines) + "\n")
-        assert main(["retrieve", "--bundle", bundle, "--users", str(users), "--out", str(out)]) == 2
+        assert main(["retrieve", "--bundle", bundle, "--users", str(users), "--out", str(out),
+                     "--force"]) == 0
         assert message in err_of(capsys)
-        assert list(tmp_path.iterdir()) == [users]  # no output, no .part
+        written = [json.loads(t) for t in out.read_text().splitlines()]
+        assert len(written) == len(lines) and sum("error" in r for r in written) == 1
+        assert [r["error"] for r in written if "error" in r][0].startswith(message)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "u.jsonl"]  # no .part left
     users.write_bytes(b'{"user": 1, "history": [1]}\n\n{"user": "caf\xe9", "history": [1]}\n')
-    assert main(["retrieve", "--bundle", bundle, "--users", str(users), "--out", str(out)]) == 2
+    x = tmp_path / "x.jsonl"
+    assert main(["retrieve", "--bundle", bundle, "--users", str(users), "--out", str(x)]) == 2
     assert f"{users}:3: not valid utf-8" in err_of(capsys)
+    assert not (tmp_path / "x.jsonl").exists()
 
 
 def test_csv_columns_by_header_bom_trailing_commas_and_duplicates(tmp_path):
