@@ -12,6 +12,10 @@ from .sparse import RowSparseGrad
 
 
 class Adam:
+    """Adam over a dict of parameters: m, v (the moments, one array per parameter not frozen), t
+    (the global step). step(params, grads) updates params in place: dense arrays by the standard
+    rule, RowSparseGrad only at the rows it holds (lazy). frozen: names that are never updated."""
+
     def __init__(self, params: dict[str, np.ndarray], lr: float = 1e-3, beta1: float = 0.9,
                  beta2: float = 0.999, eps: float = 1e-8, frozen: tuple = ()):
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps

@@ -53,15 +53,34 @@ class MostPopular:
 
 
 class ItemCF:
-    def __init__(self, R: sp.csr_matrix):
+    def __init__(self, R: sp.csr_matrix, neighbours: int | None = None):
+        """neighbours: keep each item's most similar `neighbours` items only (None: every one)."""
         norms = np.sqrt(np.asarray(R.sum(axis=0)).ravel())  # [V] sqrt(|users of i|)
         Rn = R @ sp.diags(1 / np.where(norms > 0, norms, 1))
         self.sim = (Rn.T @ Rn).tocsr()  # [V, V] cosine
         self.sim.setdiag(0)
+        self.sim.eliminate_zeros()
+        if neighbours is not None:
+            self.sim = top_k_per_row(self.sim, neighbours)
         self.num_items = R.shape[1]
 
     def __call__(self, users: np.ndarray, hist: np.ndarray) -> np.ndarray:
         return (history_matrix(hist, self.num_items) @ self.sim).toarray()
+
+
+def top_k_per_row(M: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """M with each row's k largest entries kept (ties: the lower column), the rest dropped."""
+    rows, cols, vals = [], [], []
+    for r in range(M.shape[0]):
+        lo, hi = M.indptr[r], M.indptr[r + 1]
+        if hi - lo > k:
+            keep = lo + np.lexsort((M.indices[lo:hi], -M.data[lo:hi]))[:k]
+        else:
+            keep = np.arange(lo, hi)
+        rows.append(np.full(len(keep), r)), cols.append(M.indices[keep]), vals.append(M.data[keep])
+    if not rows:
+        return M
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=M.shape)
 
 
 class WALS:

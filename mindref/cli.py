@@ -48,6 +48,19 @@ BATCH_USERS_HELP = ("users per run of the ONNX graphs (default: sized for the pr
 SEARCH_HELP = ("exact: Eq. (3) over every item in NumPy; onnx: the same in the bundle's top-n graph; "
                "annoy: the index; auto: the fastest, measured when the bundle was exported")
 FORCE_HELP = "replace the output if it exists (without it, an existing output is refused)"
+TUNE_HELP = ("choose the settings on the validation split within this time budget (90s, 20m, 1h): "
+             "L, negatives, lr, epochs and K for MIND (successive halving), each baseline's own "
+             "(mindref/tuning.py); test is read once, after")
+
+
+def _budget(text: str) -> float:
+    from .tuning import parse_budget
+    try:
+        return parse_budget(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 # flag (argparse dest) -> the setting it sets, where the names differ
 MODEL_FLAGS = ("K", "dim", "hidden", "max_len", "iterations", "sigma", "softmax_axis", "grad_mode",
                "objective", "attention", "p", "seed")
@@ -177,6 +190,9 @@ def parser() -> argparse.ArgumentParser:
                         "--patience epochs; the best epoch's parameters are kept in OUT/best")
     p.add_argument("--patience", type=int, default=default(TrainConfig, "patience"),
                    help="epochs without gain (with --early-stop; default %(default)s)")
+    p.add_argument("--tune", metavar="BUDGET", type=_budget, help=TUNE_HELP + "; the settings you type "
+                   "stay fixed. The trials go to OUT/tuning.jsonl (rerun to resume), the choice to "
+                   "OUT/config.json")
     p.set_defaults(func=commands.cmd_train)
     p = sub.add_parser("plot", help="a run's training loss and validation metrics per epoch, as a PNG")
     p.add_argument("run", type=Path, help="a run folder (mindref train --out)")
@@ -195,6 +211,10 @@ def parser() -> argparse.ArgumentParser:
     _add_data(p)
     _add_model(p)
     p.add_argument("--skip", nargs="*", default=(), choices=BASELINES, help="baselines to leave out")
+    p.add_argument("--tune", metavar="BUDGET", type=_budget, help=TUNE_HELP + " (one budget for the "
+                   "whole comparison; each model's share: mindref.compare.TUNE_SHARE)")
+    p.add_argument("--tune-log", type=Path, help="the trials' JSON-lines log (default: "
+                   "tuning-<data format>-seed<seed>.jsonl here); the same log resumes a search")
     p.add_argument("--include", nargs="*", default=(), choices=OPT_IN,
                    help="baselines run only when asked: MaxMF (slow, and untuned: trained with MIND's "
                         "settings it scored below MostPopular on a new dataset; docs/results.md)")
@@ -213,6 +233,9 @@ def parser() -> argparse.ArgumentParser:
                    help="tower input: item ids over a precomputed S e_i table (default), or side fields too")
     p.add_argument("--force", action="store_true",
                    help="replace an existing bundle (only a mindref bundle; never another folder)")
+    p.add_argument("--web", action="store_true", help="a web-sized bundle instead: the tower and top-n "
+                   "graphs with their initializers inside and the catalogue as JSON, for onnxruntime-web "
+                   "(export/web.py; the docs site's Try MIND page)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP + " (recorded "
                    "as the bundle's serving precision; retrieve and batch use it unless told otherwise)")
     p.set_defaults(func=commands.cmd_export)

@@ -11,19 +11,23 @@ import sys
 from pathlib import Path
 
 from . import checkpoint
-from .compare import DEMO_SKIPS, compare, table
+from .compare import DEMO_SKIPS, compare, settings_table, table
 from .datasets import check_fingerprint, load_dataset, locate, split
 from .evaluate import evaluate
 from .outputs import OutputLock, check_existing, check_output, write_failed
 from .progress import Progress
 from .readers import decoded_lines
-from .runs import BEST, Plan, result
+from .runs import BEST, TUNING_LOG, Plan, result
 from .runs import train as train_run
 from .train import scorer
 
 
 def cmd_train(args) -> int:
+    if args.tune:
+        args.plan = _tuned_plan(args)
     outcome = train_run(Path(args.out), args.plan, args.data_path)
+    if args.tune:
+        _record_tuning(Path(args.out), args.plan_tuning)
     out, state, fit = Path(args.out), outcome.state, outcome.train_cfg
     if outcome.interrupted:
         print(f"mindref train: training interrupted at epoch {state.epoch + 1}, step {state.step}; "
@@ -47,11 +51,64 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _tuned_plan(args) -> Plan:
+    """train --tune: the run's plan with MIND's settings chosen on validation (mindref/tuning.py);
+    the settings the user typed stay fixed. A run already trained keeps what it chose."""
+    from dataclasses import replace
+
+    from . import tuning
+    plan: Plan = args.plan
+    out = Path(args.out)
+    if (out / "config.json").exists():  # resume: the run's config holds the choice
+        args.plan_tuning = checkpoint.read_manifest(out).get("tuning")
+        return plan
+    ds, splits = load_dataset(plan.spec)
+    space = {k: v for k, v in tuning.SPACES["MIND"].items() if k not in plan.given}  # typed: fixed
+    out.mkdir(parents=True, exist_ok=True)
+    best = tuning.tune_mind(ds, plan.spec, splits, plan.model, plan.train_cfg, args.tune,
+                            tuning.TrialLog(out / TUNING_LOG), space=space, seed=plan.model.get("seed", 0))
+    chosen = best["settings"]
+    model = {**plan.model, **{k: v for k, v in chosen.items() if k in ("K", "max_len")}}
+    train_cfg = replace(plan.train_cfg, epochs=best["epochs"],
+                        **{k: v for k, v in chosen.items() if k in ("num_neg", "lr")})
+    args.plan_tuning = {"budget_s": args.tune, "metric": tuning.METRIC, "settings": chosen,
+                        "epochs": best["epochs"], "valid": best["valid"], "trials": best["trials"],
+                        "log": TUNING_LOG}
+    print(f"mindref train: chose on validation: {chosen}, {best['epochs']} epochs ({tuning.METRIC} "
+          f"{best['valid'][tuning.METRIC]:.4f})", file=sys.stderr)
+    # the run trains with the chosen settings: the same seed and data as the winning trial, so its
+    # parameters are that trial's best epoch
+    return plan._replace(spec={**plan.spec, "max_len": model["max_len"]}, model=model, train_cfg=train_cfg,
+                         given=plan.given | {"max_len", "epochs"})
+
+
+def _record_tuning(out: Path, record: dict | None) -> None:
+    """The tuning's choice in the run's config.json (beside the settings it chose)."""
+    if record is None:
+        return
+    manifest = checkpoint.read_manifest(out)
+    if manifest.get("tuning") != record:
+        manifest["tuning"] = record
+        checkpoint.atomic_write(out / "config.json", json.dumps(manifest, indent=2).encode())
+
+
 def cmd_compare(args) -> int:
     plan: Plan = args.plan
     ds, splits = load_dataset(plan.spec)
-    rows = compare(ds, plan.spec, splits, plan.model, plan.train_cfg, tuple(args.skip), tuple(args.include))
-    print(json.dumps({"data": plan.spec, "test": rows}, indent=2) if args.json else table(rows))
+    log, chosen = None, {}
+    if args.tune:
+        log = args.tune_log or Path(f"tuning-{plan.spec['format']}-seed{plan.spec['seed']}.jsonl")
+        print(f"mindref compare: tuning every model on validation within {args.tune:.0f} s; trials in {log}",
+              file=sys.stderr)
+    rows = compare(ds, plan.spec, splits, plan.model, plan.train_cfg, tuple(args.skip), tuple(args.include),
+                   args.tune, log, chosen)
+    if args.json:
+        extra = {"settings": chosen} if chosen else {}
+        print(json.dumps({"data": plan.spec, "test": rows, **extra}, indent=2))
+    else:
+        print(table(rows))
+        if chosen:
+            print("\nsettings chosen on validation:\n" + settings_table(chosen))
     return 0
 
 
@@ -132,6 +189,13 @@ def cmd_export(args) -> int:
     params, cfg, manifest, _ = checkpoint.load(_result(args.model))
     ds, spec, _ = _run_data(manifest, args.data_path)
     check_output(args.out, {"the data": spec.get("path")})
+    if args.web:
+        from .export.web import export_web
+        with OutputLock(args.out, "export"):
+            record = export_web(args.out, params, cfg, ds, args.force)
+        sizes = ", ".join(f"{name} {f['bytes'] / 2**20:.2f} MiB" for name, f in record["files"].items())
+        print(f"web bundle {args.out}: {sizes}")
+        return 0
     with OutputLock(args.out, "export"):
         out = export.export_bundle(args.out, params, cfg, ds, args.trees, args.seed, args.force, args.items,
                                    args.metric, args.precision)

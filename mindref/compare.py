@@ -33,11 +33,21 @@ def mind_name(K: int) -> str:
     return "YouTube DNN (MIND K=1)" if K == 1 else f"MIND K={K}"
 
 
+# compare --tune: each model's share of the budget (MostPopular has nothing to tune)
+TUNE_SHARE = {"ItemCF": 0.1, "WALS": 0.15, "MaxMF": 0.1, "MIND K=1": 0.3, "MIND": 0.35}
+
+
 def compare(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: TrainConfig,
-            skip: tuple = (), include: tuple = ()) -> dict:
+            skip: tuple = (), include: tuple = (), tune: float | None = None,
+            tune_log: str | None = None, settings: dict | None = None) -> dict:
     """Test metrics of every model (name -> metrics): the baselines not in `skip` (those of OPT_IN
     only when in `include`), then MIND with K = 1 and with model["K"], trained with train_cfg
-    (model: MINDConfig fields)."""
+    (model: MINDConfig fields). tune: seconds for choosing every model's settings on validation
+    first (mindref/tuning.py; the trials in the JSON-lines tune_log); `settings`, if given, is
+    filled with what each model got."""
+    if tune:
+        return compare_tuned(ds, spec, splits, model, train_cfg, skip, include, tune, tune_log,
+                             {} if settings is None else settings)
     train, _, test = split(ds, spec, splits)
     rows = {}
     R = baselines.interactions(train, len(ds.sequences), ds.num_items)
@@ -75,3 +85,44 @@ def table(rows: dict) -> str:
     lines = [f"{'model':<26}" + "".join(f"{c:>11}" for c in COLUMNS)]
     lines += [f"{name:<26}" + "".join(f"{m[c]:>11.4f}" for c in COLUMNS) for name, m in rows.items()]
     return "\n".join(lines)
+
+
+def compare_tuned(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: TrainConfig, skip: tuple,
+                  include: tuple, seconds: float, log_path, settings: dict) -> dict:
+    """compare --tune: each model's settings chosen on validation within its share of the budget
+    (TUNE_SHARE), then its test metrics, once."""
+    from . import tuning
+    log = tuning.TrialLog(log_path)
+    names = [n for n in BASELINES if n not in skip and (n not in OPT_IN or n in include)
+             and not (n == "MaxMF" and spec["protocol"] != "loo")]
+    share = {n: TUNE_SHARE.get(n, 0.0) for n in names} | {"MIND K=1": TUNE_SHARE["MIND K=1"],
+                                                          "MIND": TUNE_SHARE["MIND"]}
+    scale = seconds / sum(share.values())
+    rows, seed = {}, model.get("seed", 0)
+    K = model.get("K", MINDConfig.K)
+    for name in names:
+        t0 = time.perf_counter()
+        chosen = tuning.tune_baseline(name, ds, spec, splits, share[name] * scale, log, seed,
+                                      train_cfg.fit_args()) if name in tuning.SPACES else {"settings": {}}
+        L = chosen["settings"].get("max_len", spec.get("max_len", MINDConfig.max_len))
+        train, _, test = split(ds, {**spec, "max_len": L}, splits)
+        fitted = tuning.make_baseline(name, train, len(ds.sequences), ds.num_items, chosen["settings"], seed,
+                                      train_cfg.fit_args())
+        rows[name] = evaluate(fitted, test, ds.num_items)
+        settings[name] = chosen["settings"]
+        say(f"{name}: {time.perf_counter() - t0:.0f}s")
+    for k in (1, K):
+        space = {n: v for n, v in tuning.SPACES["MIND"].items() if n != "K"}  # the row's K is fixed
+        best = tuning.tune_mind(ds, spec, splits, {**model, "K": k}, train_cfg, share[
+            "MIND K=1" if k == 1 else "MIND"] * scale, log, name=mind_name(k), space=space, seed=seed)
+        L = best["cfg"].max_len
+        _, _, test = split(ds, {**spec, "max_len": L}, splits)
+        rows[mind_name(k)] = evaluate_model(best["params"], best["cfg"], ds, test)
+        settings[mind_name(k)] = {**best["settings"], "epochs": best["epochs"]}
+    return rows
+
+
+def settings_table(settings: dict) -> str:
+    """What `compare --tune` chose for each model, a line each."""
+    return "\n".join(f"{name:<26}" + (", ".join(f"{k}={v}" for k, v in chosen.items()) or "(nothing to tune)")
+                     for name, chosen in settings.items())

@@ -12,6 +12,11 @@ import numpy as np
 
 
 class Dataset(NamedTuple):
+    """A recommendation dataset as MIND reads it (3.1): each user's behaviour sequence I_u (item
+    ids in time order), each item's side features F_i (one [V, F_f] id table per field: 3.2 pools
+    them), each user's profile P_u, and the labels that make ids readable. Id 0 is padding in every
+    table. Built by mindref/readers.py (MovieLens, sequences, ComiRec, CSV) and data.synthetic."""
+
     sequences: list  # per user: [n_u] int64 item ids in time order
     item_fields: tuple  # per side field: [V, F_f] ids (row 0 = padding item: all 0)
     field_names: tuple  # e.g. ("category",), ("genre",)

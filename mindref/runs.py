@@ -29,6 +29,7 @@ from .outputs import OutputLock, check_output
 from .progress import Progress, say
 from .train import TrainConfig, TrainingInterrupted, TrainState, evaluate_model, fit, load_state, save_state
 
+TUNING_LOG = "tuning.jsonl"  # train --tune's trials, in the run's folder
 BEST = "best"  # RUN/best: the best epoch's parameters (early stopping)
 SHOWN = ("HR@10", "NDCG@50", "HR@50")  # the validation metrics an epoch's line shows
 # the command line's names of the settings a run records, for messages that name what differs
@@ -146,7 +147,7 @@ def _train(out: Path, plan: Plan, data_path=None) -> Outcome:
     else:
         state, spec, train_cfg = None, plan.spec, plan.train_cfg
         check_output(out, {"--data-path": spec["path"]})
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if out.exists() and (not out.is_dir() or any(p.name != TUNING_LOG for p in out.iterdir())):
             raise FileExistsError(f"--out {out}: exists and is not a mindref run (no config.json); "
                                   "give a new or empty folder")
     ds, splits = load_dataset(spec)
@@ -180,7 +181,8 @@ def _train(out: Path, plan: Plan, data_path=None) -> Outcome:
                  "no epoch had finished, so nothing was saved")
         raise FloatingPointError(str(err).replace("the last checkpoint is kept", where)) from None
     except BaseException:
-        if created and not (out / "config.json").exists():  # no epoch saved: leave no half run behind
+        if created and not (out / "config.json").exists() and not (out / TUNING_LOG).exists():
+            # no epoch saved (and no tuning trials to keep): leave no half run behind
             shutil.rmtree(out, ignore_errors=True)  # (e.g. RUN/best written before a full disk)
         raise
     return Outcome(state, cfg, train_cfg, len(examples.target), False)

@@ -13,9 +13,11 @@ LAYERS = [
     ("package", {"mindref"}),
     ("core", {"checks", "softmax", "squash", "routing", "attention", "dense", "embedding", "sparse",
               "samplers",
-              "sampled_softmax", "max_score_loss", "allocator", "adam", "data", "readers", "datasets",
+              "sampled_softmax", "max_score_loss", "allocator", "adam", "data", "readers",
+              "datasets",
               "evaluate", "baselines", "model", "outputs", "progress"}),
-    ("training and the kit", {"train", "checkpoint", "runs", "compare", "tune", "conformance", "diagnosis"}),
+    ("training and the kit", {"train", "checkpoint", "runs", "compare", "tuning", "conformance",
+                              "diagnosis"}),
     ("serving", {"export"}),
     ("command line", {"cli", "commands", "__main__"}),
 ]

@@ -388,3 +388,37 @@ def test_the_serving_precision_is_the_bundles_unless_asked(trained, tmp_path):
     assert bundle.tower.chunk == bundle.retriever.topn.users_per_run(50, 10) == 3
     with pytest.raises(ValueError, match="precision must be one of"):
         export_bundle(tmp_path / "c", params, cfg, ds, precision="fp16")
+
+
+def test_the_web_bundle_serves_what_the_bundle_serves(trained, tmp_path, capsys):
+    """`mindref export --web` (export/web.py): one file per graph, initializers inside, and the same
+    answers as the full bundle's tower and exact top-n; an existing folder only with --force."""
+    import onnxruntime as ort
+    ds, test, cfg, params, root = trained
+    from mindref.export.web import export_web
+    record = export_web(tmp_path / "web", params, cfg, ds)
+    assert sorted(p.name for p in (tmp_path / "web").iterdir()) == ["items.json", "model.js", "topn.onnx",
+                                                                     "tower.onnx"]
+    assert record["files"]["tower.onnx"]["bytes"] == (tmp_path / "web" / "tower.onnx").stat().st_size
+    tower, topn = (ort.InferenceSession(str(tmp_path / "web" / f), providers=["CPUExecutionProvider"])
+                   for f in ("tower.onnx", "topn.onnx"))
+    bundle = load_bundle(root / "bundle", "cpu")
+    hist = test.hist[:8]
+    profile = ds.profiles[test.users[:8]]
+    V, mask, _ = tower.run(None, {"item_ids": hist, "profile_ids": profile})
+    out = bundle.tower.run(hist, profile)
+    np.testing.assert_allclose(V, out.interests, rtol=0, atol=1e-6)
+    items, scores, _ = topn.run(None, {"interests": V, "interest_mask": mask, "history": hist,
+                                       "n": np.array([20], np.int64)})
+    want = bundle.retriever.retrieve(out.interests, out.mask, hist, 20, "exact")
+    assert [list(r) for r in items] == [w.items.tolist() for w in want]
+    meta = json.loads((tmp_path / "web" / "items.json").read_text())
+    assert len(meta["items"]) == cfg.num_items and meta["K"] == cfg.K and meta["max_len"] == cfg.max_len
+    with pytest.raises(FileExistsError, match="pass --force"):
+        export_web(tmp_path / "web", params, cfg, ds)
+    export_web(tmp_path / "web", params, cfg, ds, force=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError):
+        export_web(tmp_path / "mine", params, cfg, ds, force=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

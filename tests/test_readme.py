@@ -65,3 +65,24 @@ def test_the_quick_lines_run(tmp_path):
     run = subprocess.run(["bash", "-c", one_liner.replace("python", sys.executable, 1)], capture_output=True,
                          text=True, cwd=tmp_path, timeout=120)
     assert run.returncode != 0 and "misprinted squash" in run.stderr  # the diagnosis the README shows
+
+
+def test_the_readme_times_are_those_bench_readme_times_measured():
+    """Every wall time the README states is within 1.5x of docs/logs/readme_times.log (written by
+    `python bench/readme_times.py --log docs/logs/readme_times.log`, which names the machine)."""
+    log = (ROOT / "docs" / "logs" / "readme_times.log").read_text()
+    assert log.startswith("# python bench/readme_times.py") and "CPUs" in log.splitlines()[0]
+    measured = {}
+    for name, value, unit in re.findall(r"^\| ([\w-]+) \| ([\d.]+) (s|min) \|", log, re.M):
+        measured[name] = float(value) * (60 if unit == "min" else 1)
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    claims = {"demo": r"about (\d+) seconds on two cores", "train": r"`train` about (\d+) s",
+              "train-early-stop": r"early-stopping run about (\d+) minutes",
+              "compare-beauty": r"`compare` on Beauty about (\d+) minutes",
+              "quality-short": r"in the short form below (\d+) s"}
+    assert "bench/readme_times.py" in readme
+    for name, pattern in claims.items():
+        found = re.search(pattern, readme)
+        assert found, f"README: no time stated for {name} ({pattern})"
+        stated = float(found.group(1)) * (60 if "minutes" in pattern else 1)
+        assert measured[name] / 1.5 <= stated <= measured[name] * 1.5, (name, stated, measured[name])

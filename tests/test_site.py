@@ -110,7 +110,47 @@ def test_code_references_link_to_their_definition(site):
     spec = (site / "spec.html").read_text()
     assert 'href="source/export/retrieval.py.html#eq3"' in spec  # `export/retrieval.py: eq3`
     source = (site / "source" / "export" / "retrieval.py.html").read_text()
-    assert re.search(r'id="eq3"></span><span id="L\d+"></span>def eq3\(', source)
+    # the definition's anchor, its line's anchor and number, then the highlighted `def eq3`
+    assert re.search(r'id="eq3"></span><span id="L(\d+)"></span><a class="mindref-lineno" '
+                     r'href="#L\1">\s*\1</a>\s+<span class="k">def</span>(<span class="w"> </span>| )'
+                     r'<span class="nf">eq3</span>', source)
+
+
+def test_source_pages_keep_every_line_highlighted_and_numbered(site):
+    path = ROOT / "mindref" / "routing.py"
+    lines = path.read_text().splitlines()
+    page = (site / "source" / "mindref" / "routing.py.html").read_text()
+    numbered = re.findall(r'<span id="L(\d+)"></span><a class="mindref-lineno"', page)
+    assert [int(n) for n in numbered] == list(range(1, len(lines) + 1))  # blank lines included
+    defs = sum(line.lstrip().startswith("def ") for line in lines)
+    assert page.count('class="k">def</span>') == defs
+
+
+def test_every_code_reference_is_a_link_to_its_definition(site):
+    """Every backticked path (`mindref/x.py`, `mindref/x.py: name`) and every backticked name that
+    one file of mindref/, export/, tests/ or bench/ defines, on every page, is a link into the
+    source pages (counted independently of the build's own index)."""
+    defined = {}
+    for folder in ("mindref", "export", "tests", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for m in re.finditer(r"^\s*(?:def|class) (\w+)|^([A-Za-z_]\w*)\s*[:=]", path.read_text(), re.M):
+                defined.setdefault(m.group(1) or m.group(2), set()).add(path)
+    unique = {n for n, files in defined.items() if len(files) == 1 and len(n) > 2 and not n.startswith("__")}
+    total = 0
+    for md in sorted((ROOT / "docs").glob("*.md")):
+        text = re.sub(r"^```.*?^```[^\n]*$|(?:^    [^\n]*\n)+", "", md.read_text(), flags=re.S | re.M)
+        refs = [m.group(1) for m in re.finditer(r"`([^`\n]+)`", text)
+                if re.fullmatch(r"(?:mindref|export|tests|bench)/[\w/]+\.py(?:: ?\w+)?", m.group(1))
+                or (re.fullmatch(r"(?:[\w.]+\.)?(\w+)(?:\([^`]*\))?", m.group(1))
+                    and re.fullmatch(r"(?:[\w.]+\.)?(\w+)(?:\([^`]*\))?", m.group(1)).group(1) in unique)]
+        refs = [r for r in refs if not r.startswith("python ") and (ROOT / r.split(":")[0]).exists()
+                or ".py" not in r]
+        built = (site / md.name.replace(".md", ".html")).read_text()
+        linked = re.findall(r'<a href="[^"]*source/[^"]*"><code>([^<]*)</code></a>', built)
+        missing = [r for r in refs if html.unescape(r) not in map(html.unescape, linked)]
+        assert not missing, f"{md.name}: not links: {missing[:10]}"
+        total += len(refs)
+    assert total >= 300
 
 
 def test_figure_2_is_drawn_on_the_spec_page(server, browser):

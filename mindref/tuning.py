@@ -1,0 +1,246 @@
+"""Every model's settings chosen on the validation split of the data at hand, within a time budget
+(`mindref train --tune 20m`, `mindref compare --tune 1h`).
+
+The defaults (MINDConfig, TrainConfig) were chosen on the validation splits of two datasets; on a
+third they are a guess (issue 23 measured four datasets new to us: a classic baseline beat MIND's
+defaults on two). The fair protocol, the one papers use, chooses each model's settings on the
+validation split of the data at hand and reports test once.
+
+The search (no library: a few lines, and the grids are small):
+
+- MIND: successive halving (Jamieson & Talwalkar 2016) over configurations drawn in a seeded random
+  order from SPACES: every configuration trains RUNGS[0] epochs, the best 1/ETA continue to RUNGS[1]
+  epochs, their best 1/ETA to RUNGS[2], each rung given its share of the budget (RUNG_SHARE; a
+  rung launches no trial once its share is spent). At the last rung the validation metric is read
+  after every epoch and the best epoch kept (early stopping): the winner's parameters are that
+  epoch's, so nothing is retrained.
+- The baselines are cheap to fit: their grid in the same seeded order, one fit per configuration,
+  until the budget is spent.
+
+Validation only: a trial sees the training examples and the validation cases of `split`, never the
+test cases (tests/test_tuning.py fails if the test split is read while tuning). Every trial is one
+line of a JSON-lines log (model, settings, rung, epochs, validation metrics, seconds); a search
+started again with the same log reuses the trials it holds. Each rung trains its configurations
+from the start (1 + 3 + 10 epochs for one that reaches the last rung, not 10): the log alone then
+resumes a search, and only the last rung's parameters are kept, in memory.
+
+The defaults always take part: they are the first configuration of every rung, so a search can
+only match or beat them on validation (tests/test_tuning.py). Time left is shown as the search goes.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+from . import baselines
+from .data import Dataset
+from .datasets import split
+from .evaluate import evaluate
+from .model import MINDConfig
+from .progress import Progress, duration, say
+from .train import TrainConfig, evaluate_model, fit
+
+METRIC = "HR@50"  # what the search maximises on validation
+# the grids; the defaults are in every grid, so a search can always keep them
+SPACES = {
+    "MIND": {"max_len": (5, 10, 20, 50), "num_neg": (256, 1024, 2048), "lr": (1e-3, 3e-3, 1e-2),
+             "K": (2, 4, 8)},
+    "ItemCF": {"max_len": (5, 10, 20, 50), "neighbours": (20, 100, 0)},  # 0: every neighbour
+    "WALS": {"max_len": (5, 20, 50), "dim": (32, 64, 128), "reg": (0.1, 1.0, 10.0),
+             "alpha": (1.0, 10.0, 40.0)},
+    "MaxMF": {"T": (2, 4), "lr": (3e-3, 1e-2), "num_neg": (256, 2048)},
+}
+# the baselines' settings without --tune (compare's, and mindref.baselines' defaults)
+DEFAULTS = {"ItemCF": {"max_len": MINDConfig.max_len, "neighbours": 0},
+            "WALS": {"max_len": MINDConfig.max_len, "dim": MINDConfig.dim, "reg": 1.0, "alpha": 10.0},
+            "MaxMF": {"T": MINDConfig.K, "lr": TrainConfig.lr, "num_neg": TrainConfig.num_neg}}
+RUNGS = (1, 3, 10)  # epochs of MIND at each rung of successive halving (the last: TrainConfig.epochs)
+ETA = 3  # the best 1/ETA of a rung go on to the next
+RUNG_SHARE = (0.4, 0.3, 0.3)  # of MIND's budget, per rung
+
+
+def parse_budget(text: str) -> float:
+    """'90s', '20m', '1h', '1h30m' or plain seconds -> seconds."""
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"--tune {text!r}: a time budget such as 90s, 20m, 1h or 1h30m")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"--tune {text!r}: the budget must be positive")
+    return seconds
+
+
+def configurations(space: dict, seed: int = 0) -> list[dict]:
+    """Every configuration of a grid, in a seeded random order."""
+    grid = [{}]
+    for name, values in space.items():
+        grid = [{**g, name: v} for g in grid for v in values]
+    random.Random(seed).shuffle(grid)
+    return grid
+
+
+class TrialLog:
+    """The JSON-lines record of a search; lines already there are reused (resume)."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.rows = path, []
+        if path is not None and Path(path).exists():
+            self.rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+    def find(self, model: str, settings: dict, rung: int) -> dict | None:
+        return next((r for r in self.rows if r["model"] == model and r["settings"] == settings
+                     and r["rung"] == rung), None)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+class Budget:
+    """Seconds to spend, with what is left and the progress line."""
+
+    def __init__(self, seconds: float, label: str):
+        self.seconds, self.t0, self.label = seconds, time.perf_counter(), label
+
+    def used(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def left(self) -> float:
+        return max(0.0, self.seconds - self.used())
+
+
+def tune_mind(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: TrainConfig, seconds: float,
+              log: TrialLog, name: str = "MIND", space: dict | None = None, seed: int = 0) -> dict:
+    """Successive halving of MIND's settings on validation (module docstring). model: fixed
+    MINDConfig fields (those in `space` are searched over). Returns {"settings", "valid", "params",
+    "cfg", "epochs", "trials"}: the winner, its best epoch's parameters and validation metrics."""
+    space = dict(SPACES["MIND"] if space is None else space)  # the caller leaves out what it fixes
+    budget = Budget(seconds, name)
+    # the defaults (the caller's settings) go first and always reach the last rung: the search can
+    # only match or beat them on validation
+    now = {"max_len": MINDConfig.max_len, "K": MINDConfig.K, **model, "num_neg": train_cfg.num_neg,
+           "lr": train_cfg.lr}
+    incumbent = {k: now[k] for k in space}
+    candidates = [incumbent] + [c for c in configurations(space, seed) if c != incumbent]
+    survivors, trials, best = candidates, 0, None
+    for rung, epochs in enumerate(RUNGS):
+        epochs = min(epochs, train_cfg.epochs) if rung < len(RUNGS) - 1 else train_cfg.epochs
+        until = budget.seconds * sum(RUNG_SHARE[:rung + 1])
+        scored = []
+        bar = Progress(len(survivors), f"tune {name}: rung {rung + 1}/{len(RUNGS)} ({epochs} epochs)",
+                       "trial")
+        for settings in survivors:
+            if budget.used() >= until and len(scored) >= 2:
+                break  # this rung's share is spent (the defaults and one challenger always run)
+            row = log.find(name, settings, rung)
+            outcome = None
+            if row is None or rung == len(RUNGS) - 1:  # the last rung's parameters are needed
+                outcome = _mind_trial(ds, spec, splits, model, train_cfg, settings, epochs,
+                                      last=rung == len(RUNGS) - 1, seed=seed)
+                row = {"model": name, "settings": settings, "rung": rung, "epochs": outcome["epochs"],
+                       "valid": outcome["valid"], "seconds": outcome["seconds"]}
+                if log.find(name, settings, rung) is None:
+                    log.add(row)
+                trials += 1
+            scored.append((row["valid"][METRIC], settings, outcome, row))
+            bar.update(1)
+            bar.note(best=f"{max(s[0] for s in scored):.4f}", left=duration(budget.left()))
+        bar.close()
+        scored.sort(key=lambda s: -s[0])
+        if rung == len(RUNGS) - 1 or len(scored) == 1:
+            top = scored[0]
+            outcome = top[2] or _mind_trial(ds, spec, splits, model, train_cfg, top[1], train_cfg.epochs,
+                                            last=True, seed=seed)
+            best = {"settings": top[1], **outcome, "trials": trials}
+            break
+        top = [s for _, s, _, _ in scored[:max(1, len(scored) // ETA)]]
+        survivors = [incumbent] + [s for s in top if s != incumbent]
+    say(f"tune {name}: {best['settings']} (validation {METRIC} {best['valid'][METRIC]:.4f}, best epoch "
+        f"{best['epochs']}), {trials} trials in {duration(budget.used())}")
+    return best
+
+
+def _mind_trial(ds, spec, splits, model, train_cfg, settings, epochs, last, seed) -> dict:
+    """Train one configuration for `epochs` epochs on the training split; validation metrics of
+    the final epoch, or (last rung) of the best epoch, whose parameters are kept."""
+    t0 = time.perf_counter()
+    L = settings.get("max_len", model.get("max_len", MINDConfig.max_len))
+    train, valid, _ = split(ds, {**spec, "max_len": L}, splits)  # never the test cases
+    fields = {**model, **{k: v for k, v in settings.items() if k in MINDConfig.__dataclass_fields__}}
+    cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
+                     **{**fields, "seed": seed})
+    fit_args = {**train_cfg.fit_args(), **{k: v for k, v in settings.items() if k in ("num_neg", "lr")}}
+    kept = {}
+
+    def on_epoch(state):
+        if last:
+            metrics = evaluate_model(state.params, cfg, ds, valid)
+            if not kept or metrics[METRIC] > kept["valid"][METRIC]:
+                kept.update(valid=metrics, epochs=state.epoch,
+                            params={k: v.copy() for k, v in state.params.items()})
+    state = fit(cfg, ds, train, **{**fit_args, "epochs": epochs}, on_epoch=on_epoch)
+    if not last:
+        kept = {"valid": evaluate_model(state.params, cfg, ds, valid), "epochs": state.epoch,
+                "params": state.params}
+    return {**kept, "cfg": cfg, "fit": {**fit_args, "epochs": kept["epochs"]},
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def make_baseline(name: str, train, num_users: int, num_items: int, settings: dict, seed: int = 0,
+                  fit_args: dict | None = None):
+    """A baseline fitted with the given settings (the grid's names)."""
+    if name == "MostPopular":
+        return baselines.MostPopular(train, num_items)
+    R = baselines.interactions(train, num_users, num_items)
+    if name == "ItemCF":
+        return baselines.ItemCF(R, neighbours=settings.get("neighbours") or None)
+    if name == "WALS":
+        return baselines.WALS(R, dim=settings.get("dim", 64), reg=settings.get("reg", 1.0),
+                              alpha=settings.get("alpha", 10.0), seed=seed)
+    if name == "MaxMF":
+        args = {**(fit_args or {}), **{k: v for k, v in settings.items() if k in ("lr", "num_neg")}}
+        return baselines.MaxMF(train, num_users, num_items, T=settings.get("T", 4), seed=seed, **args)
+    raise ValueError(f"unknown baseline {name!r}")
+
+
+def tune_baseline(name: str, ds: Dataset, spec: dict, splits: dict, seconds: float, log: TrialLog,
+                  seed: int = 0, fit_args: dict | None = None) -> dict:
+    """The baseline's grid in a seeded order, one fit each, on validation, until `seconds` are
+    spent; returns {"settings", "valid", "trials"} of the best."""
+    budget = Budget(seconds, name)
+    grid = configurations(SPACES.get(name, {}), seed) or [{}]
+    incumbent = {k: v for k, v in DEFAULTS.get(name, {}).items() if k in SPACES.get(name, {})}
+    grid = [incumbent] + [g for g in grid if g != incumbent] if incumbent else grid  # the defaults first
+    best, trials = None, 0
+    bar = Progress(len(grid), f"tune {name}", "trial")
+    for settings in grid:
+        if budget.left() <= 0 and best is not None:
+            break
+        row = log.find(name, settings, 0)
+        if row is None:
+            t0 = time.perf_counter()
+            L = settings.get("max_len", spec.get("max_len", MINDConfig.max_len))
+            train, valid, _ = split(ds, {**spec, "max_len": L}, splits)  # never the test cases
+            fitted = make_baseline(name, train, len(ds.sequences), ds.num_items, settings, seed,
+                                   fit_args)
+            row = {"model": name, "settings": settings, "rung": 0, "epochs": None,
+                   "valid": evaluate(fitted, valid, ds.num_items),
+                   "seconds": round(time.perf_counter() - t0, 2)}
+            log.add(row)
+            trials += 1
+        if best is None or row["valid"][METRIC] > best["valid"][METRIC]:
+            best = {"settings": settings, "valid": row["valid"]}
+        bar.update(1)
+        bar.note(best=f"{best['valid'][METRIC]:.4f}", left=duration(budget.left()))
+    bar.close()
+    say(f"tune {name}: {best['settings']} (validation {METRIC} {best['valid'][METRIC]:.4f}), {trials} trials")
+    return {**best, "trials": trials}
