@@ -4,6 +4,8 @@
     site/try/try.js                docs/try/try.js (reads the history, runs the graphs, draws)
     site/try/ort.wasm.min.js       onnxruntime-web's WebAssembly build, and its loader and binary
     site/try/ort-wasm-simd-threaded.{mjs,wasm}
+    site/try/ort-file.js           the same loader and binary in one script, for the page opened
+                                   from a file (file://)
     site/try/model/                a web bundle (export/web.py): tower.onnx, topn.onnx, items.json,
                                    model.js
 
@@ -14,6 +16,8 @@ the site at every build, so the page serves exactly what `mindref export --web` 
 """
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -63,4 +67,14 @@ def install(site: Path) -> dict:
     for name in ORT_FILES:
         shutil.copy2(dist / name, target / name)
     shutil.copy2(PACKAGE / "try.js", target / "try.js")
+    file_runtime(target)
     return web_model(target / "model")
+
+
+def file_runtime(target: Path) -> None:
+    """try/ort-file.js: onnxruntime-web's loader and WebAssembly binary inside one classic script,
+    for the page opened from a file (a browser fetches nothing and imports no module from file://;
+    the page turns these into blob: URLs). Served over HTTP, the page loads the files themselves."""
+    glue = (target / ORT_FILES[1]).read_text(encoding="utf-8")
+    wasm = base64.b64encode((target / ORT_FILES[2]).read_bytes()).decode()
+    (target / "ort-file.js").write_text(f"window.ORT_FILE = {{mjs: {json.dumps(glue)}, wasm: \"{wasm}\"}};\n")

@@ -46,7 +46,7 @@ PRECISION_HELP = ("fp32: exact float32 products; tf32: CUDA's tensor cores (abou
 BATCH_USERS_HELP = ("users per run of the ONNX graphs (default: sized for the provider: the CPU's cache, "
                     "CUDA's memory budget)")
 SEARCH_HELP = ("exact: Eq. (3) over every item in NumPy; onnx: the same in the bundle's top-n graph; "
-               "annoy: the index; auto: the fastest, measured when the bundle was exported")
+               "annoy: the index; auto (default): the fastest, measured when the bundle was exported")
 FORCE_HELP = "replace the output if it exists (without it, an existing output is refused)"
 TUNE_HELP = ("choose the settings on the validation split within this time budget (90s, 20m, 1h): "
              "L, negatives, lr, epochs and K for MIND (successive halving), each baseline's own "
@@ -236,8 +236,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--web", action="store_true", help="a web-sized bundle instead: the tower and top-n "
                    "graphs with their initializers inside and the catalogue as JSON, for onnxruntime-web "
                    "(export/web.py; the docs site's Try MIND page)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP + " (recorded "
-                   "as the bundle's serving precision; retrieve and batch use it unless told otherwise)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP + " (default "
+                   "%(default)s; recorded as the bundle's serving precision; retrieve and batch use it "
+                   "unless told otherwise)")
     p.set_defaults(func=commands.cmd_export)
     p = sub.add_parser("retrieve", help="top-N items of a user (--history) or of a file of users (--users)")
     _add_serving(p, "retrieve")

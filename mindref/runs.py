@@ -179,13 +179,19 @@ def _train(out: Path, plan: Plan, data_path=None) -> Outcome:
         kept = checkpoint.read_manifest(out).get("train", {}).get("epoch") if saved else None
         where = (f"the checkpoint of epoch {kept} is kept" if kept else
                  "no epoch had finished, so nothing was saved")
+        _discard_if_empty(out, created)
         raise FloatingPointError(str(err).replace("the last checkpoint is kept", where)) from None
     except BaseException:
-        if created and not (out / "config.json").exists() and not (out / TUNING_LOG).exists():
-            # no epoch saved (and no tuning trials to keep): leave no half run behind
-            shutil.rmtree(out, ignore_errors=True)  # (e.g. RUN/best written before a full disk)
+        _discard_if_empty(out, created)
         raise
     return Outcome(state, cfg, train_cfg, len(examples.target), False)
+
+
+def _discard_if_empty(out: Path, created: bool) -> None:
+    """A folder this command created, with no epoch saved (and no tuning trials to keep), is
+    removed: no half run is left behind (e.g. RUN/best written before a full disk)."""
+    if created and not (out / "config.json").exists() and not (out / TUNING_LOG).exists():
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def epoch_hook(out: Path, cfg: MINDConfig, ds: Dataset, valid, spec: dict, train_cfg: TrainConfig):

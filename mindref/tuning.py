@@ -26,6 +26,11 @@ resumes a search, and only the last rung's parameters are kept, in memory.
 
 The defaults always take part: they are the first configuration of every rung, so a search can
 only match or beat them on validation (tests/test_tuning.py). Time left is shown as the search goes.
+
+The budget bounds what is launched: no trial starts once its share is spent, and a baseline trial
+whose estimated cost (from those already timed) exceeds what is left is skipped. A trial already
+running finishes, and the last rung always trains the defaults and one challenger in full, so a
+budget smaller than that is exceeded by it.
 """
 from __future__ import annotations
 
@@ -131,8 +136,10 @@ def tune_mind(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: Tra
            "lr": train_cfg.lr}
     incumbent = {k: now[k] for k in space}
     candidates = [incumbent] + [c for c in configurations(space, seed) if c != incumbent]
-    survivors, trials, best = candidates, 0, None
+    survivors, trials, best, splits_at = candidates, 0, None, {}
     for rung, epochs in enumerate(RUNGS):
+        if len(survivors) <= 2 and rung < len(RUNGS) - 1 and rung > 0:
+            continue  # the defaults and one challenger left: straight to the last rung
         epochs = min(epochs, train_cfg.epochs) if rung < len(RUNGS) - 1 else train_cfg.epochs
         until = budget.seconds * sum(RUNG_SHARE[:rung + 1])
         scored = []
@@ -145,7 +152,7 @@ def tune_mind(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: Tra
             outcome = None
             if row is None or rung == len(RUNGS) - 1:  # the last rung's parameters are needed
                 outcome = _mind_trial(ds, spec, splits, model, train_cfg, settings, epochs,
-                                      last=rung == len(RUNGS) - 1, seed=seed)
+                                      last=rung == len(RUNGS) - 1, seed=seed, cache=splits_at)
                 row = {"model": name, "settings": settings, "rung": rung, "epochs": outcome["epochs"],
                        "valid": outcome["valid"], "seconds": outcome["seconds"]}
                 if log.find(name, settings, rung) is None:
@@ -153,28 +160,32 @@ def tune_mind(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: Tra
                 trials += 1
             scored.append((row["valid"][METRIC], settings, outcome, row))
             bar.update(1)
-            bar.note(best=f"{max(s[0] for s in scored):.4f}", left=duration(budget.left()))
+            bar.note(best=f"{max(s[0] for s in scored):.4f}", **{"budget left": duration(budget.left())})
         bar.close()
         scored.sort(key=lambda s: -s[0])
-        if rung == len(RUNGS) - 1 or len(scored) == 1:
+        if rung == len(RUNGS) - 1:
             top = scored[0]
-            outcome = top[2] or _mind_trial(ds, spec, splits, model, train_cfg, top[1], train_cfg.epochs,
-                                            last=True, seed=seed)
-            best = {"settings": top[1], **outcome, "trials": trials}
+            best = {"settings": top[1], **top[2], "trials": trials}
             break
-        top = [s for _, s, _, _ in scored[:max(1, len(scored) // ETA)]]
-        survivors = [incumbent] + [s for s in top if s != incumbent]
+        # the best 1/ETA go on (at least one challenger), and the defaults always
+        challengers = [s for _, s, _, _ in scored if s != incumbent]
+        survivors = [incumbent] + challengers[:max(1, len(scored) // ETA)]
     say(f"tune {name}: {best['settings']} (validation {METRIC} {best['valid'][METRIC]:.4f}, best epoch "
         f"{best['epochs']}), {trials} trials in {duration(budget.used())}")
     return best
 
 
-def _mind_trial(ds, spec, splits, model, train_cfg, settings, epochs, last, seed) -> dict:
+def _mind_trial(ds, spec, splits, model, train_cfg, settings, epochs, last, seed, cache=None) -> dict:
     """Train one configuration for `epochs` epochs on the training split; validation metrics of
-    the final epoch, or (last rung) of the best epoch, whose parameters are kept."""
+    the final epoch, or (last rung) of the best epoch, whose parameters are kept. cache: the
+    splits already made, by L."""
     t0 = time.perf_counter()
     L = settings.get("max_len", model.get("max_len", MINDConfig.max_len))
-    train, valid, _ = split(ds, {**spec, "max_len": L}, splits)  # never the test cases
+    cache = {} if cache is None else cache
+    if L not in cache:
+        train, valid, _ = split(ds, {**spec, "max_len": L}, splits)  # never the test cases
+        cache[L] = (train, valid)
+    train, valid = cache[L]
     fields = {**model, **{k: v for k, v in settings.items() if k in MINDConfig.__dataclass_fields__}}
     cfg = MINDConfig(num_items=ds.num_items, field_sizes=ds.field_sizes, profile_sizes=ds.profile_sizes,
                      **{**fields, "seed": seed})
@@ -212,6 +223,17 @@ def make_baseline(name: str, train, num_users: int, num_items: int, settings: di
     raise ValueError(f"unknown baseline {name!r}")
 
 
+def estimate(settings: dict, timed: list) -> float:
+    """Seconds a baseline trial will take, from those timed so far: the cost grows with the square
+    of the factors (WALS's d x d solves) and with L; 0 before any was timed."""
+    if not timed:
+        return 0.0
+
+    def size(s: dict) -> float:
+        return (s.get("dim", 64) / 64) ** 2 * max(s.get("max_len", 5), 5) ** 0.5
+    return max(seconds / size(done) for done, seconds in timed) * size(settings)
+
+
 def tune_baseline(name: str, ds: Dataset, spec: dict, splits: dict, seconds: float, log: TrialLog,
                   seed: int = 0, fit_args: dict | None = None) -> dict:
     """The baseline's grid in a seeded order, one fit each, on validation, until `seconds` are
@@ -220,12 +242,14 @@ def tune_baseline(name: str, ds: Dataset, spec: dict, splits: dict, seconds: flo
     grid = configurations(SPACES.get(name, {}), seed) or [{}]
     incumbent = {k: v for k, v in DEFAULTS.get(name, {}).items() if k in SPACES.get(name, {})}
     grid = [incumbent] + [g for g in grid if g != incumbent] if incumbent else grid  # the defaults first
-    best, trials = None, 0
+    best, trials, timed = None, 0, []
     bar = Progress(len(grid), f"tune {name}", "trial")
     for settings in grid:
         if budget.left() <= 0 and best is not None:
             break
         row = log.find(name, settings, 0)
+        if row is None and best is not None and estimate(settings, timed) > budget.left():
+            continue  # would overrun the budget (e.g. WALS at d = 128 on a large catalogue)
         if row is None:
             t0 = time.perf_counter()
             L = settings.get("max_len", spec.get("max_len", MINDConfig.max_len))
@@ -237,10 +261,11 @@ def tune_baseline(name: str, ds: Dataset, spec: dict, splits: dict, seconds: flo
                    "seconds": round(time.perf_counter() - t0, 2)}
             log.add(row)
             trials += 1
+        timed.append((settings, row["seconds"]))
         if best is None or row["valid"][METRIC] > best["valid"][METRIC]:
             best = {"settings": settings, "valid": row["valid"]}
         bar.update(1)
-        bar.note(best=f"{best['valid'][METRIC]:.4f}", left=duration(budget.left()))
+        bar.note(best=f"{best['valid'][METRIC]:.4f}", **{"budget left": duration(budget.left())})
     bar.close()
     say(f"tune {name}: {best['settings']} (validation {METRIC} {best['valid'][METRIC]:.4f}), {trials} trials")
     return {**best, "trials": trials}

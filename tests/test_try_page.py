@@ -157,3 +157,18 @@ def test_the_same_tower_under_node_gives_pythons_interests(site, model, tmp_path
         feeds["profile_ids"] = np.zeros((1, meta["profile_width"]), np.int64)
     want = sessions[0].run(None, feeds)[0].ravel()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_the_page_opened_from_a_file_gives_the_same_answers(site, browser, page):  # noqa: F811
+    """file://: no fetch, no module import; the page loads the same bytes from two scripts."""
+    served = drive(page[0], HISTORIES["K'u = K (16 behaviours)"])
+    tab = browser.new_page()
+    errors = []
+    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    tab.goto((site / "try.html").as_uri())
+    tab.wait_for_function("window.MINDREF_TRY_RESULT !== undefined", timeout=120_000)
+    from_file = drive(tab, HISTORIES["K'u = K (16 behaviours)"])
+    tab.close()
+    assert from_file["ids"] == served["ids"] and from_file["K_u"] == served["K_u"] == 4
+    np.testing.assert_allclose(from_file["scores"], served["scores"], rtol=0, atol=1e-6)
+    assert errors == []

@@ -299,3 +299,28 @@ def test_working_says_it_is_still_working(capsys, monkeypatch):
         time.sleep(0.3)
     text = capsys.readouterr().err
     assert text.count("mindref: export: Annoy index: still working") >= 2
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    import argparse
+
+    from mindref.cli import parser
+    ap = parser()
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) <= {line.split()[1] for line in (ap.description or "").splitlines()
+                                if line.strip().startswith("mindref ")}  # the examples list every command
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, (name, action.option_strings)
+            if action.default not in (None, False, (), []) and not action.required:
+                assert "default" in action.help, (name, action.option_strings, action.default)
+    batch = sub.choices["batch"].format_help()
+    assert "raw item ids as strings" in " ".join(batch.split())
+
+
+def test_a_learning_rate_that_blows_up_says_what_was_kept(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *SMALL, "--epochs", "1", "--lr", "1e30", "--out", str(out)]) == 2
+    assert "no epoch had finished, so nothing was saved" in err(capsys) and not out.exists()

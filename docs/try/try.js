@@ -37,10 +37,26 @@
     return name.endsWith(".json") ? response.json() : new Uint8Array(await response.arrayBuffer());
   }
 
+  function script(src) { // a classic script loads from a file too
+    return new Promise((resolve, reject) => {
+      const tag = Object.assign(document.createElement("script"), { src, onload: resolve,
+        onerror: () => reject(new Error(`${src} did not load`)) });
+      document.head.append(tag);
+    });
+  }
+
   async function load() {
     const t0 = performance.now();
+    if (location.protocol === "file:") { // no fetch from a file: the same bytes from classic scripts
+      if (!window.MINDREF_MODEL) await script("try/model/model.js");
+      if (!window.ORT_FILE) await script("try/ort-file.js");
+      const wasm = Uint8Array.from(atob(window.ORT_FILE.wasm), (c) => c.charCodeAt(0));
+      ort.env.wasm.wasmPaths = {
+        mjs: URL.createObjectURL(new Blob([window.ORT_FILE.mjs], { type: "text/javascript" })),
+        wasm: URL.createObjectURL(new Blob([wasm], { type: "application/wasm" })) };
+    }
     ort.env.wasm.numThreads = 1; // no worker threads: no cross-origin isolation needed
-    ort.env.wasm.wasmPaths = new URL("try/", location.href).href;
+    if (location.protocol !== "file:") ort.env.wasm.wasmPaths = new URL("try/", location.href).href;
     state.meta = await bytesOf("items.json");
     state.index = new Map(state.meta.items.map((row, id) => [row[0], id]));
     const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
@@ -219,9 +235,7 @@
     try {
       await load();
     } catch (err) {
-      say(`could not load the model: ${err.message || err}` + (location.protocol === "file:" ?
-        " (browsers do not run WebAssembly from a file: serve the site, e.g. python -m http.server -d site)" : ""),
-      "error");
+      say(`could not load the model: ${err.message || err}`, "error");
       return;
     }
     controls();
