@@ -4,6 +4,7 @@ the README's times come from this script's output (docs/logs/readme_times.log), 
     python bench/readme_times.py                       # every README command, a table at the end
     python bench/readme_times.py --only demo evaluate  # some of them
     python bench/readme_times.py --log docs/logs/readme_times.log
+    python bench/readme_times.py --only compare-tune train-tune --log docs/logs/readme_times_tune.log
 
 Each command runs once, in order (the tour's later commands read what earlier ones wrote), with
 the environment's default thread settings, on a quiet machine (the load average before each run is
@@ -32,6 +33,8 @@ COMMANDS = (
     ("train-early-stop", "{bin}mindref train --data-format ml-100k --epochs 30 --early-stop NDCG@50 "
                          "--out runs/ml-es"),
     ("compare-beauty", "{bin}mindref compare --data-format sequences"),
+    ("compare-tune", "{bin}mindref compare --data-format ml-100k --tune 10m"),
+    ("train-tune", "{bin}mindref train --data-format ml-100k --tune 10m --out runs/tuned"),
     ("train_bench", "{py} {root}/bench/train_bench.py --data beauty"),
     ("quality-short", "{py} {root}/bench/quality.py --data ml-100k --only MostPopular ItemCF base "
                       "--epochs 2 --out ml.jsonl"),

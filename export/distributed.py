@@ -115,6 +115,15 @@ def actor_share(cpus: float, workers: int) -> float:
     return max(0.05, min(1.0, (cpus - READ_WRITE_CPUS) / workers))
 
 
+def quiet_ray_data_console() -> None:
+    """Ray Data logs a failed task's whole traceback to the console (161 lines for one full disk,
+    measured) before raising it; the job reports the cause in one line itself. The console hears
+    nothing below CRITICAL from Ray Data; its session log file (ray-data.log) keeps everything."""
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.CRITICAL)
+
+
 def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, search: str,
             address: str | None = None, workers: int | None = None, server: type = BatchServer,
             threads: int = 1, gpus: int | None = None, precision: str | None = None,
@@ -130,7 +139,7 @@ def run_ray(bundle: Path, users: Path, folder: Path, batch_size: int, n: int, se
         with quiet_fd2():  # Ray's processes inherit this stderr; their C++ log lines are not the user's
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR, configure_logging=True)
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    quiet_ray_data_console()
     try:
         return _job(bundle, users, folder, batch_size, n, search, workers, server, threads, gpus, precision,
                     users_per_run)

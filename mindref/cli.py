@@ -70,6 +70,11 @@ DATA_FLAGS = {"data_format": "format", "protocol": "protocol", "category": "cate
               "comirec_name": "name", "users": "users"}
 
 
+# (data setting, flag's dest, the one format it applies to)
+FORMAT_OWN = (("category", "category", "sequences"), ("name", "comirec_name", "comirec"),
+              ("users", "users", "synthetic"))
+
+
 def default(config: type, name: str):
     """A configuration object's default for a setting (lists for tuples, as argparse gives them)."""
     value = next(f.default for f in fields(config) if f.name == name)
@@ -82,7 +87,9 @@ def plan(args) -> Plan:
     which of them were typed (mindref.runs.Plan). Benches that take mindref's flags use it too."""
     path = None if args.data_format == "synthetic" else resolved_path(args.data_format, args.data_path)
     spec = {"format": args.data_format, "path": path, "protocol": args.protocol, "max_len": args.max_len,
-            "seed": args.seed, "category": args.category, "name": args.comirec_name, "users": args.users}
+            "seed": args.seed}
+    # a format's own settings only (config.json records no number of users for MovieLens)
+    spec.update({key: getattr(args, flag) for key, flag, fmt in FORMAT_OWN if fmt == args.data_format})
     model = {name: getattr(args, name) for name in MODEL_FLAGS}
     model["hidden"] = tuple(model["hidden"])
     model["dynamic_k"] = not args.no_dynamic_k
@@ -376,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                               model.get("dynamic_k", MINDConfig.dynamic_k))
         if note and {"K", "max_len"} & args.given:  # the defaults' K'_u is documented (docs/results.md)
             print(f"mindref {args.command}: note: {note}", file=sys.stderr)
+        for _, flag, fmt in FORMAT_OWN:
+            if flag in args.given and fmt != args.data_format:
+                print(f"mindref {args.command}: note: --{flag.replace('_', '-')} applies to --data-format "
+                      f"{fmt} only; ignored with {args.data_format}", file=sys.stderr)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", DataNote)

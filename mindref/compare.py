@@ -90,31 +90,37 @@ def table(rows: dict) -> str:
 def compare_tuned(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: TrainConfig, skip: tuple,
                   include: tuple, seconds: float, log_path, settings: dict) -> dict:
     """compare --tune: each model's settings chosen on validation within its share of the budget
-    (TUNE_SHARE), then its test metrics, once."""
+    (TUNE_SHARE, of what the models before it left), then its test metrics, once."""
     from . import tuning
     log = tuning.TrialLog(log_path)
     names = [n for n in BASELINES if n not in skip and (n not in OPT_IN or n in include)
              and not (n == "MaxMF" and spec["protocol"] != "loo")]
     share = {n: TUNE_SHARE.get(n, 0.0) for n in names} | {"MIND K=1": TUNE_SHARE["MIND K=1"],
                                                           "MIND": TUNE_SHARE["MIND"]}
-    scale = seconds / sum(share.values())
+    budget = tuning.Budget(seconds, "compare")
+
+    def seconds_for(name: str) -> float:
+        """This model's share of what is left: time a model did not use goes to those after it."""
+        later = list(share)[list(share).index(name):]
+        return budget.left() * share[name] / sum(share[n] for n in later)
     rows, seed = {}, model.get("seed", 0)
     K = model.get("K", MINDConfig.K)
     for name in names:
         t0 = time.perf_counter()
-        chosen = tuning.tune_baseline(name, ds, spec, splits, share[name] * scale, log, seed,
+        chosen = tuning.tune_baseline(name, ds, spec, splits, seconds_for(name), log, seed,
                                       train_cfg.fit_args()) if name in tuning.SPACES else {"settings": {}}
         L = chosen["settings"].get("max_len", spec.get("max_len", MINDConfig.max_len))
         train, _, test = split(ds, {**spec, "max_len": L}, splits)
-        fitted = tuning.make_baseline(name, train, len(ds.sequences), ds.num_items, chosen["settings"], seed,
-                                      train_cfg.fit_args())
+        fitted = chosen.get("fitted") or tuning.make_baseline(  # the search's own fit, or again
+            name, train, len(ds.sequences), ds.num_items, chosen["settings"], seed, train_cfg.fit_args())
         rows[name] = evaluate(fitted, test, ds.num_items)
         settings[name] = chosen["settings"]
         say(f"{name}: {time.perf_counter() - t0:.0f}s")
     for k in (1, K):
         space = {n: v for n, v in tuning.SPACES["MIND"].items() if n != "K"}  # the row's K is fixed
-        best = tuning.tune_mind(ds, spec, splits, {**model, "K": k}, train_cfg, share[
-            "MIND K=1" if k == 1 else "MIND"] * scale, log, name=mind_name(k), space=space, seed=seed)
+        best = tuning.tune_mind(ds, spec, splits, {**model, "K": k}, train_cfg,
+                                seconds_for("MIND K=1" if k == 1 else "MIND"), log, name=mind_name(k),
+                                space=space, seed=seed)
         L = best["cfg"].max_len
         _, _, test = split(ds, {**spec, "max_len": L}, splits)
         rows[mind_name(k)] = evaluate_model(best["params"], best["cfg"], ds, test)

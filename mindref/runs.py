@@ -226,7 +226,7 @@ def epoch_hook(out: Path, cfg: MINDConfig, ds: Dataset, valid, spec: dict, train
 
 def recorded(cfg: MINDConfig, spec: dict, train_cfg: TrainConfig) -> dict:
     """A run's settings by name, as a Plan names them (model fields, training fields, data)."""
-    data = {k: spec.get(k) for k in ("format", "protocol", "category", "name", "users")}
+    data = {k: spec[k] for k in ("format", "protocol", "category", "name", "users") if k in spec}
     model = {f.name: getattr(cfg, f.name) for f in fields(cfg)
              if f.name not in ("num_items", "field_sizes", "profile_sizes")}
     return {**model, **train_cfg.to_dict(), **data}
@@ -241,7 +241,7 @@ def check_resume(out: Path, plan: Plan, cfg: MINDConfig, spec: dict, train_cfg: 
     asked = {**plan.model, **plan.train_cfg.to_dict(), **plan.spec}
     differ = [f"--{FLAGS.get(k, k).replace('_', '-')} {_shown(asked[k], k)} (the run has {_shown(v, k)})"
               for k, v in have.items()
-              if k in plan.given and k != "epochs" and _shown(asked[k], k) != _shown(v, k)]
+              if k in plan.given and k in asked and k != "epochs" and _shown(asked[k], k) != _shown(v, k)]
     if differ:
         raise ValueError(f"{out} holds a run started with other settings: " + "; ".join(differ)
                          + ". Rerun without these flags to resume it, or give a new --out for a fresh run")

@@ -27,10 +27,11 @@ resumes a search, and only the last rung's parameters are kept, in memory.
 The defaults always take part: they are the first configuration of every rung, so a search can
 only match or beat them on validation (tests/test_tuning.py). Time left is shown as the search goes.
 
-The budget bounds what is launched: no trial starts once its share is spent, and a baseline trial
-whose estimated cost (from those already timed) exceeds what is left is skipped. A trial already
-running finishes, and the last rung always trains the defaults and one challenger in full, so a
-budget smaller than that is exceeded by it.
+The budget bounds the search's time: a trial is launched only when its estimated cost (its own
+seconds an epoch once timed, else the mean of those timed) fits what is left of its rung's share,
+less a reserve for what must still run (the defaults and one challenger, at the costliest epoch
+timed, in every later rung, in full). Every rung runs the defaults and one challenger, so a budget
+smaller than that is exceeded, and the search says so when it knows.
 """
 from __future__ import annotations
 
@@ -113,11 +114,13 @@ class TrialLog:
 class Budget:
     """Seconds to spend, with what is left and the progress line."""
 
+    clock = staticmethod(time.perf_counter)  # tests run a search on a clock of their own
+
     def __init__(self, seconds: float, label: str):
-        self.seconds, self.t0, self.label = seconds, time.perf_counter(), label
+        self.seconds, self.t0, self.label = seconds, self.clock(), label
 
     def used(self) -> float:
-        return time.perf_counter() - self.t0
+        return self.clock() - self.t0
 
     def left(self) -> float:
         return max(0.0, self.seconds - self.used())
@@ -137,17 +140,26 @@ def tune_mind(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: Tra
     incumbent = {k: now[k] for k in space}
     candidates = [incumbent] + [c for c in configurations(space, seed) if c != incumbent]
     survivors, trials, best, splits_at = candidates, 0, None, {}
-    for rung, epochs in enumerate(RUNGS):
+    rung_epochs = [min(e, train_cfg.epochs) for e in RUNGS[:-1]] + [train_cfg.epochs]
+    cost = PerEpoch()
+    warned = False
+    for rung, epochs in enumerate(rung_epochs):
         if len(survivors) <= 2 and rung < len(RUNGS) - 1 and rung > 0:
             continue  # the defaults and one challenger left: straight to the last rung
-        epochs = min(epochs, train_cfg.epochs) if rung < len(RUNGS) - 1 else train_cfg.epochs
-        until = budget.seconds * sum(RUNG_SHARE[:rung + 1])
         scored = []
         bar = Progress(len(survivors), f"tune {name}: rung {rung + 1}/{len(RUNGS)} ({epochs} epochs)",
                        "trial")
         for settings in survivors:
-            if budget.used() >= until and len(scored) >= 2:
+            # what must still run after this rung: the defaults and one challenger in each later
+            # rung, the challenger at the costliest epoch timed so far
+            reserve = (cost.of(incumbent) + cost.most()) * sum(rung_epochs[rung + 1:])
+            until = min(budget.seconds * sum(RUNG_SHARE[:rung + 1]), budget.seconds - reserve)
+            if len(scored) >= 2 and budget.used() + cost.of(settings) * epochs > until:
                 break  # this rung's share is spent (the defaults and one challenger always run)
+            if not warned and reserve and reserve > budget.left():
+                say(f"tune {name}: the budget is below what the defaults and one challenger need "
+                    f"to finish (about {duration(budget.used() + reserve)}): it will be exceeded")
+                warned = True
             row = log.find(name, settings, rung)
             outcome = None
             if row is None or rung == len(RUNGS) - 1:  # the last rung's parameters are needed
@@ -158,6 +170,7 @@ def tune_mind(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: Tra
                 if log.find(name, settings, rung) is None:
                     log.add(row)
                 trials += 1
+            cost.add(settings, row["seconds"], epochs)  # the epochs trained (a row keeps the best one)
             scored.append((row["valid"][METRIC], settings, outcome, row))
             bar.update(1)
             bar.note(best=f"{max(s[0] for s in scored):.4f}", **{"budget left": duration(budget.left())})
@@ -173,6 +186,26 @@ def tune_mind(ds: Dataset, spec: dict, splits: dict, model: dict, train_cfg: Tra
     say(f"tune {name}: {best['settings']} (validation {METRIC} {best['valid'][METRIC]:.4f}, best epoch "
         f"{best['epochs']}), {trials} trials in {duration(budget.used())}")
     return best
+
+
+class PerEpoch:
+    """Seconds an epoch of a configuration takes: its own, once timed, else the mean of those timed
+    (0 before any)."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def add(self, settings: dict, seconds: float, epochs: int | None) -> None:
+        self.seconds[json.dumps(settings, sort_keys=True)] = seconds / max(1, epochs or 1)
+
+    def of(self, settings: dict) -> float:
+        known = self.seconds.get(json.dumps(settings, sort_keys=True))
+        if known is not None:
+            return known
+        return sum(self.seconds.values()) / len(self.seconds) if self.seconds else 0.0
+
+    def most(self) -> float:
+        return max(self.seconds.values(), default=0.0)
 
 
 def _mind_trial(ds, spec, splits, model, train_cfg, settings, epochs, last, seed, cache=None) -> dict:
@@ -237,7 +270,8 @@ def estimate(settings: dict, timed: list) -> float:
 def tune_baseline(name: str, ds: Dataset, spec: dict, splits: dict, seconds: float, log: TrialLog,
                   seed: int = 0, fit_args: dict | None = None) -> dict:
     """The baseline's grid in a seeded order, one fit each, on validation, until `seconds` are
-    spent; returns {"settings", "valid", "trials"} of the best."""
+    spent; returns {"settings", "valid", "trials"} of the best, and "fitted", the fitted model,
+    when this search fitted it (not when the log held it)."""
     budget = Budget(seconds, name)
     grid = configurations(SPACES.get(name, {}), seed) or [{}]
     incumbent = {k: v for k, v in DEFAULTS.get(name, {}).items() if k in SPACES.get(name, {})}
@@ -261,9 +295,12 @@ def tune_baseline(name: str, ds: Dataset, spec: dict, splits: dict, seconds: flo
                    "seconds": round(time.perf_counter() - t0, 2)}
             log.add(row)
             trials += 1
+        else:
+            fitted = None  # the log's: fitted again if chosen
         timed.append((settings, row["seconds"]))
         if best is None or row["valid"][METRIC] > best["valid"][METRIC]:
-            best = {"settings": settings, "valid": row["valid"]}
+            best = {"settings": settings, "valid": row["valid"], "fitted": fitted}
+        fitted = None  # only the best is kept
         bar.update(1)
         bar.note(best=f"{best['valid'][METRIC]:.4f}", **{"budget left": duration(budget.left())})
     bar.close()

@@ -2,6 +2,7 @@
 below the defaults on validation, every trial logged, a search resumed from its log, and the CLI's
 `train --tune` / `compare --tune` storing and showing what they chose."""
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -63,6 +64,50 @@ def test_mind_is_tuned_on_validation_only_and_never_below_the_defaults(ds, no_te
     at_default = next(r for r in last if r["settings"] == defaults)
     assert best["valid"][tuning.METRIC] >= at_default["valid"][tuning.METRIC]
     assert best["cfg"].max_len == best["settings"]["max_len"] and 1 <= best["epochs"] <= FIT.epochs
+
+
+@pytest.mark.parametrize("stay, chosen_L", [(0.0, 20), (0.95, 2)])
+def test_data_of_another_character_gets_another_L(stay, chosen_L, tmp_path):
+    """Long-term interests (the next item from any of the user's clusters, stay = 0) want a long
+    history; strongly sequential data (stay = 0.95) the last items: the search finds each, on two
+    seeds, where a default would be right for one of them only."""
+    for seed in (0, 1):
+        data = synthetic(num_users=200, num_clusters=30, stay=stay, seed=seed)
+        best = tuning.tune_mind(data, {**SPEC, "seed": seed}, {}, {**MODEL, "seed": seed},
+                                TrainConfig(epochs=3, batch_size=64, num_neg=16, lr=1e-2), 20,
+                                tuning.TrialLog(tmp_path / f"{stay}-{seed}.jsonl"),
+                                space={"max_len": (2, 20)})
+        assert best["settings"]["max_len"] == chosen_L, (stay, seed, best["valid"])
+
+
+class FakeClock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize("budget", [200, 600, 2000])
+def test_the_search_keeps_to_its_budget(budget, monkeypatch):
+    """On a clock of its own (trials that cost L / 5 seconds an epoch, the longer L the better), the
+    whole search, the last rung's ten epochs included, ends within the budget whenever the budget
+    covers the defaults and the costliest challenger in every rung."""
+    clock = FakeClock()
+    monkeypatch.setattr(tuning.Budget, "clock", staticmethod(clock))
+
+    def trial(ds, spec, splits, model, train_cfg, settings, epochs, last, seed, cache=None):
+        seconds = epochs * settings["max_len"] / 5
+        clock.now += seconds
+        # the longer L, the better (the costly configurations go on), ties broken by a checksum
+        score = settings["max_len"] + zlib.crc32(json.dumps(settings, sort_keys=True).encode()) / 2 ** 32
+        return {"valid": {tuning.METRIC: score}, "epochs": epochs, "params": {}, "cfg": None, "fit": {},
+                "seconds": seconds}
+    monkeypatch.setattr(tuning, "_mind_trial", trial)
+    fit_cfg = TrainConfig(epochs=10, num_neg=2048, lr=3e-3)
+    least = sum(tuning.RUNGS) * (5 + 50) / 5  # the defaults (L = 5) and an L = 50 challenger, every rung
+    best = tuning.tune_mind(None, SPEC, {}, {"max_len": 5, "K": 4}, fit_cfg, budget, tuning.TrialLog(None))
+    assert budget >= least and clock.now <= budget, clock.now
+    assert best["trials"] >= 6
 
 
 def test_a_search_resumes_from_its_log(ds, tmp_path, monkeypatch):
@@ -128,3 +173,31 @@ def test_compare_tune_shows_each_models_settings(capsys, tmp_path):
     assert set(out["settings"]) == {"MostPopular", "ItemCF", "YouTube DNN (MIND K=1)", "MIND K=3"}
     assert "max_len" in out["settings"]["MIND K=3"] and "epochs" in out["settings"]["MIND K=3"]
     assert log.is_file() and all(json.loads(x)["valid"] for x in log.read_text().splitlines())
+
+
+def test_compare_gives_the_time_a_model_left_to_those_after_it(ds, monkeypatch):
+    """Each model's share is of what the models before it left: item-CF's quick grid leaves its
+    time to MIND, and the shares never add up to more than the budget."""
+    from mindref import compare
+    asked = {}
+
+    def baseline(name, ds, spec, splits, seconds, log, seed=0, fit_args=None):
+        asked[name] = seconds
+        return {"settings": {}, "valid": {}, "trials": 0}
+
+    class Stop(Exception):
+        pass
+
+    def mind(ds, spec, splits, model, train_cfg, seconds, log, name="MIND", space=None, seed=0):
+        asked[name] = seconds
+        raise Stop
+    monkeypatch.setattr(tuning, "tune_baseline", baseline)
+    monkeypatch.setattr(tuning, "tune_mind", mind)
+    with pytest.raises(Stop):
+        compare.compare_tuned(ds, SPEC, {}, MODEL, FIT, ("WALS",), (), 1000, None, {})
+    share = compare.TUNE_SHARE
+    whole = share["ItemCF"] + share["MIND K=1"] + share["MIND"]
+    assert asked["ItemCF"] == pytest.approx(1000 * share["ItemCF"] / whole, rel=1e-2)
+    # item-CF's fit here took (almost) nothing: its time went to those after it
+    assert asked["YouTube DNN (MIND K=1)"] == pytest.approx(
+        1000 * share["MIND K=1"] / (share["MIND K=1"] + share["MIND"]), rel=2e-2)

@@ -82,6 +82,15 @@ def test_K_beyond_what_L_allows_is_said(tmp_path, capsys):
     assert "K'_u = max(1, min(K, floor(log2 n))) is at most 2" in err(capsys)
 
 
+def test_a_formats_own_flag_is_recorded_only_for_its_format(run, tmp_path, capsys):
+    """config.json records the synthetic format's --users, never a --comirec-name it did not read."""
+    assert main(["train", *SMALL, "--comirec-name", "taobao", "--out", str(tmp_path / "r"),
+                 "--epochs", "1"]) == 0
+    assert "--comirec-name applies to --data-format comirec only; ignored with synthetic" in err(capsys)
+    data = json.loads((tmp_path / "r" / "config.json").read_text())["data"]
+    assert data["users"] == 150 and "name" not in data and "category" not in data
+
+
 def test_threads_beyond_the_cores_and_counts_below_one_name_the_flag_as_typed(run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["batch", "--bundle", str(run / "bundle"), "--users", str(run / "users.jsonl"),
@@ -276,6 +285,34 @@ def test_a_full_disk_during_batch_names_the_path_and_leaves_nothing(run, tmp_pat
     text = err(capsys)
     assert "no space left writing" in text and "part-000000.parquet" in text and "MiB free on" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary folder, no lock
+
+
+# every process of the job (Ray's workers too) imports this: writing a Parquet file fails with ENOSPC
+DISK_FULL_HOOK = """
+import errno
+import pyarrow.parquet as pq
+def write_table(*args, **kw):
+    raise OSError(errno.ENOSPC, "No space left on device")
+pq.write_table = write_table
+"""
+
+
+def test_a_full_disk_under_ray_is_one_line_naming_the_path(run, tmp_path):
+    """Ray Data logged the failed task's whole traceback (161 lines) before the one line of cause."""
+    pytest.importorskip("ray")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(DISK_FULL_HOOK)
+    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    out = tmp_path / "o"
+    proc = subprocess.run([sys.executable, "-m", "mindref", "batch", "--engine", "ray", "--workers", "1",
+                           "--bundle", str(run / "bundle"), "--users", str(run / "users.parquet"),
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "no space left writing" in proc.stderr and "MiB free on" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hooks"]  # no output, temporary folder or lock
 
 
 # --- what auto promises, and waits that say so ---------------------------------------------------
