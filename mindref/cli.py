@@ -30,7 +30,7 @@ from . import __version__, commands
 from .attention import MODES
 from .compare import BASELINES, DEMO, OPT_IN
 from .conformance import LAYERS  # the kit's layer names (Hypothesis is imported only when a check runs)
-from .datasets import FORMATS, PROTOCOLS, resolved_path
+from .datasets import FORMATS, OWN_SETTING, PROTOCOLS, foreign_settings, resolved_path
 from .evaluate import METRICS
 from .export.providers import PRECISIONS  # no onnxruntime needed: the names only
 from .model import OBJECTIVES, MINDConfig
@@ -70,11 +70,6 @@ DATA_FLAGS = {"data_format": "format", "protocol": "protocol", "category": "cate
               "comirec_name": "name", "users": "users"}
 
 
-# (data setting, flag's dest, the one format it applies to)
-FORMAT_OWN = (("category", "category", "sequences"), ("name", "comirec_name", "comirec"),
-              ("users", "users", "synthetic"))
-
-
 def default(config: type, name: str):
     """A configuration object's default for a setting (lists for tuples, as argparse gives them)."""
     value = next(f.default for f in fields(config) if f.name == name)
@@ -87,9 +82,8 @@ def plan(args) -> Plan:
     which of them were typed (mindref.runs.Plan). Benches that take mindref's flags use it too."""
     path = None if args.data_format == "synthetic" else resolved_path(args.data_format, args.data_path)
     spec = {"format": args.data_format, "path": path, "protocol": args.protocol, "max_len": args.max_len,
-            "seed": args.seed}
-    # a format's own settings only (config.json records no number of users for MovieLens)
-    spec.update({key: getattr(args, flag) for key, flag, fmt in FORMAT_OWN if fmt == args.data_format})
+            "seed": args.seed, **{key: getattr(args, flag) for flag, key in DATA_FLAGS.items()  # its own
+                                  if OWN_SETTING.get(key, ("",))[0] == args.data_format}}
     model = {name: getattr(args, name) for name in MODEL_FLAGS}
     model["hidden"] = tuple(model["hidden"])
     model["dynamic_k"] = not args.no_dynamic_k
@@ -381,12 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         model = args.plan.model
         note = interests_note(model.get("K", MINDConfig.K), model.get("max_len", MINDConfig.max_len),
                               model.get("dynamic_k", MINDConfig.dynamic_k))
-        if note and {"K", "max_len"} & args.given:  # the defaults' K'_u is documented (docs/results.md)
-            print(f"mindref {args.command}: note: {note}", file=sys.stderr)
-        for _, flag, fmt in FORMAT_OWN:
-            if flag in args.given and fmt != args.data_format:
-                print(f"mindref {args.command}: note: --{flag.replace('_', '-')} applies to --data-format "
-                      f"{fmt} only; ignored with {args.data_format}", file=sys.stderr)
+        notes = [note] if note and {"K", "max_len"} & args.given else []  # the defaults' K'_u: documented
+        for line in notes + foreign_settings(args.data_format, args.plan.given):
+            print(f"mindref {args.command}: note: {line}", file=sys.stderr)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", DataNote)
@@ -405,6 +396,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mindref {args.command}: error: {err}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

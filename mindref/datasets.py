@@ -14,6 +14,15 @@ from .data import Dataset, leave_one_out, strong_generalisation, synthetic
 
 FORMATS = ("synthetic", "ml-100k", "ml-1m", "sequences", "comirec", "csv")
 PROTOCOLS = ("loo", "strong")
+# a format's own settings: setting -> (its format, its flag)
+OWN_SETTING = {"category": ("sequences", "--category"), "name": ("comirec", "--comirec-name"),
+               "users": ("synthetic", "--users")}
+
+
+def foreign_settings(fmt: str, given) -> list[str]:
+    """A note for each setting typed (`given`) that belongs to another format than `fmt`."""
+    return [f"{flag} applies to --data-format {owner} only; ignored with {fmt}"
+            for key, (owner, flag) in OWN_SETTING.items() if key in given and owner != fmt]
 
 
 def default_data_root() -> Path:
